@@ -1,0 +1,29 @@
+# One command each on a fresh machine: `make run` (set up, reproduce, show) and `make test`.
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup run test lint bench
+setup: $(VENV)/.installed
+
+# Installs the exact versions in requirements.lock (torch 2.13.0 CPU on this platform).
+$(VENV)/.installed: requirements.lock pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock -e '.[test]'
+	touch $@
+
+run: setup
+	dvc repro
+	python -m detflow.show
+
+lint: setup
+	ruff check .
+	ruff format --check .
+
+# pytest exits 5 when it collects nothing: the suite vanished, which must fail loudly.
+test: lint
+	python -m pytest || { code=$$?; [ $$code -ne 5 ] || echo "make test: pytest collected no tests" >&2; exit $$code; }
+
+bench: setup
+	python benchmarks/bench.py

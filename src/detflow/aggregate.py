@@ -1,0 +1,209 @@
+"""Stage `aggregate`: merge the trials into data/result.nc and state, with evidence, if they agree.
+
+It reads exactly the trials and seeds that params.yaml names, so a file left over from an
+earlier `trial_id` list cannot leak into the result. It never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from detflow.artifact import read_dataset, write_dataset, write_text
+from detflow.cli import DetflowError, run_main, stage_parser
+from detflow.determinism import Verdict, compare_trials, content_digest, json_number
+from detflow.params import DEFAULT_PARAMS, Params, load_params
+
+REBUILD = "run `dvc repro -f` to rebuild it"
+
+
+def describe(variable: xr.DataArray) -> str:
+    return f"{variable.dtype}{list(variable.dims)}{list(variable.shape)}"
+
+
+def check_trial(path: Path, trial: xr.Dataset, seeds: Sequence[int]) -> None:
+    """A trial must hold the seeds params.yaml names, in order, along the first axis."""
+    if "torch_seed" not in trial.coords:
+        raise DetflowError(f"{path} has no torch_seed coordinate: {REBUILD}")
+    found = [int(seed) for seed in trial["torch_seed"].values]
+    if found != list(seeds):
+        raise DetflowError(
+            f"{path} holds torch_seed {found} but params.yaml has {list(seeds)}: {REBUILD}"
+        )
+    if not trial.data_vars:
+        raise DetflowError(f"{path} holds no results: {REBUILD}")
+    for name, variable in trial.data_vars.items():
+        if variable.dims[:1] != ("torch_seed",):
+            raise DetflowError(
+                f"{path}: '{name}' has dims {list(variable.dims)}, not torch_seed first: {REBUILD}"
+            )
+
+
+def check_same_layout(path: Path, trial: xr.Dataset, first_path: Path, first: xr.Dataset) -> None:
+    """Every trial must hold the same variables, dims, shapes and dtypes, from the same software."""
+    if set(trial.data_vars) != set(first.data_vars):
+        raise DetflowError(
+            f"{path} holds {sorted(trial.data_vars)} but {first_path} holds "
+            f"{sorted(first.data_vars)}: {REBUILD}"
+        )
+    for name in first.data_vars:
+        if describe(trial[name]) != describe(first[name]):
+            raise DetflowError(
+                f"{path}: '{name}' is {describe(trial[name])} but {first_path} has "
+                f"{describe(first[name])}: {REBUILD}"
+            )
+    changed = sorted(
+        k
+        for k in trial.attrs.keys() | first.attrs.keys()
+        if trial.attrs.get(k) != first.attrs.get(k)
+    )
+    if changed:
+        key = changed[0]
+        raise DetflowError(
+            f"{path} was made with {key}={trial.attrs.get(key)!r} but {first_path} with "
+            f"{first.attrs.get(key)!r}: trials must share software and settings; {REBUILD}"
+        )
+
+
+def load_trials(trials_dir: Path, params: Params) -> dict[str, xr.Dataset]:
+    """Read and check ``<trials_dir>/<trial_id>.nc`` for each trial in params."""
+    trials: dict[str, xr.Dataset] = {}
+    first_path = None
+    for trial_id in params.trial_ids:
+        path = trials_dir / f"{trial_id}.nc"
+        trial = read_dataset(path)
+        check_trial(path, trial, params.torch_seeds)
+        if first_path is None:
+            first_path = path
+        else:
+            check_same_layout(path, trial, first_path, trials[params.trial_ids[0]])
+        trials[trial_id] = trial
+    return trials
+
+
+def fixed_params_attrs(params: Params) -> dict[str, str | int | float]:
+    """Params that are not swept become attrs, as in mushin's ``to_xarray``."""
+    attrs: dict[str, str | int | float] = {}
+    for key, value in params.values.items():
+        if key in ("torch_seed", "trial_id"):
+            continue
+        scalar = isinstance(value, str | int | float) and not isinstance(value, bool)
+        attrs[key] = value if scalar else json.dumps(value, sort_keys=True)
+    return attrs
+
+
+def combine_trials(trials: dict[str, xr.Dataset], attrs: dict[str, Any]) -> xr.Dataset:
+    """Stack trials along a new ``trial_id`` dim: ``(torch_seed, trial_id, <name>_dim<n>...)``."""
+    import pandas as pd
+
+    # join="exact" and compat="identical": trials that disagree on coordinates are an
+    # error, never outer-joined and padded with NaN.
+    combined = xr.concat(
+        list(trials.values()),
+        dim=pd.Index(list(trials), name="trial_id"),
+        data_vars="all",
+        coords="different",
+        compat="identical",
+        join="exact",
+        combine_attrs="identical",
+    )
+    combined = combined.transpose("torch_seed", "trial_id", ...)
+    combined.attrs.update(attrs)
+    return combined
+
+
+def seed_outputs(result: xr.Dataset, seed: int) -> dict[str, Any]:
+    """Each variable of the first trial of ``seed``: its value, or its mean if it is larger."""
+    outputs: dict[str, Any] = {}
+    for name, variable in result.data_vars.items():
+        values = variable.sel(torch_seed=seed).isel(trial_id=0).values
+        if values.size == 1:
+            outputs[str(name)] = json_number(values.reshape(()))
+        else:
+            outputs[f"{name}_mean"] = json_number(np.float64(values.astype(np.float64).mean()))
+    return outputs
+
+
+def build_metrics(result: xr.Dataset, verdict: Verdict) -> dict[str, Any]:
+    """metrics.json: the verdict first, then the evidence behind it."""
+    seeds = {
+        str(seed): {
+            "deterministic": seed not in verdict.disagreeing_seeds,
+            "max_abs_diff": verdict.max_abs_diff_by_seed[seed],
+            **seed_outputs(result, seed),
+        }
+        for seed in verdict.torch_seeds
+    }
+    max_abs_diff = max(verdict.max_abs_diff_by_seed.values())
+    # One number per variable that does not depend on which seeds ran, so that
+    # `dvc metrics diff` between a seed-0 run and a seed-1 run shows the output change.
+    means = {
+        str(name): json_number(np.float64(variable.values.astype(np.float64).mean()))
+        for name, variable in result.data_vars.items()
+    }
+    return {
+        "deterministic": verdict.deterministic,
+        # A string, because `dvc metrics show` drops lists.
+        "disagreeing_seeds": ",".join(map(str, verdict.disagreeing_seeds)),
+        "max_abs_diff": max_abs_diff if np.isfinite(max_abs_diff) else "inf",
+        "n_torch_seeds": result.sizes["torch_seed"],
+        "n_trials": result.sizes["trial_id"],
+        "digest": content_digest(result),
+        "mean": means,
+        "seeds": seeds,
+        "disagreements": [
+            {
+                "torch_seed": d.torch_seed,
+                "variable": d.variable,
+                "trial_id": d.trial_id,
+                "index": list(d.index),
+                "max_abs_diff": d.max_abs_diff if np.isfinite(d.max_abs_diff) else "inf",
+            }
+            for d in verdict.disagreements
+        ],
+    }
+
+
+def summary(result: xr.Dataset, verdict: Verdict) -> str:
+    """What a user should read in the log of `dvc repro`."""
+    n_trials = result.sizes["trial_id"]
+    seeds = ", ".join(map(str, verdict.torch_seeds))
+    if verdict.deterministic:
+        return f"deterministic: all {n_trials} trials agree bitwise for torch_seed {seeds}"
+    lines = [
+        f"NOT deterministic: trials disagree for torch_seed "
+        f"{', '.join(map(str, verdict.disagreeing_seeds))}"
+    ]
+    for d in verdict.disagreements:
+        lines.append(
+            f"  torch_seed {d.torch_seed}: '{d.variable}' first differs in trial {d.trial_id} "
+            f"at index {list(d.index)}; max |diff| {d.max_abs_diff:.9g}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
+    parser.add_argument("--trials", type=Path, default=Path("data/trials"), help="trials folder")
+    parser.add_argument("--out", type=Path, default=Path("data/result.nc"), help="result file")
+    parser.add_argument("--metrics", type=Path, default=Path("metrics.json"), help="metrics file")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    result = combine_trials(load_trials(args.trials, params), fixed_params_attrs(params))
+    verdict = compare_trials(result)
+    metrics = build_metrics(result, verdict)
+    write_dataset(result, args.out)
+    write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")
+    print(summary(result, verdict))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,140 @@
+"""Read params.yaml and check the keys every stage relies on, naming the key when one is wrong."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detflow.cli import DetflowError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+# torch.manual_seed accepts up to 2**64 - 1, but the seed becomes an int64 netCDF coordinate.
+TORCH_SEED_MAX = 2**63 - 1
+
+# A trial label names a file (data/trials/<label>.nc) and a DVC stage (task@<label>).
+TRIAL_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+REQUIRED_KEYS = ("torch_seed", "trial_id", "pre_task", "task")
+
+
+@dataclass(frozen=True)
+class Params:
+    """The validated contents of params.yaml.
+
+    ``torch_seeds`` is always a tuple, even when params.yaml gives one int, so every
+    result has a ``torch_seed`` dimension. ``values`` holds every key as written, for
+    binding task arguments by name.
+    """
+
+    torch_seeds: tuple[int, ...]
+    trial_ids: tuple[str, ...]
+    pre_task: str | None
+    task: str
+    values: Mapping[str, Any] = field(repr=False)
+
+
+def load_params(path: Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate a params file.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "params.yaml"
+    >>> _ = p.write_text("torch_seed: 3\\ntrial_id: [a, b]\\npre_task: null\\ntask: m.f\\n")
+    >>> load_params(p).torch_seeds
+    (3,)
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DetflowError(
+            f"{path} not found: run from the project root, next to dvc.yaml"
+        ) from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise DetflowError(f"{path} is not valid YAML{line}: fix its syntax") from None
+    return parse_params(values, source=str(path))
+
+
+def parse_params(values: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-loaded params mapping (see ``load_params``)."""
+    if not isinstance(values, dict):
+        raise DetflowError(f"{source} must be a mapping of keys to values, not {values!r}")
+    missing = [key for key in REQUIRED_KEYS if key not in values]
+    if missing:
+        raise DetflowError(f"{source} has no '{missing[0]}' key: add it (see README.md)")
+    return Params(
+        torch_seeds=check_torch_seeds(values["torch_seed"]),
+        trial_ids=check_trial_ids(values["trial_id"]),
+        pre_task=check_dotted_path("pre_task", values["pre_task"], optional=True),
+        task=check_dotted_path("task", values["task"], optional=False),
+        values=values,
+    )
+
+
+def check_torch_seeds(value: Any) -> tuple[int, ...]:
+    """An int or a list of distinct ints in [0, 2**63 - 1], as a tuple."""
+    seeds = value if isinstance(value, list) else [value]
+    if not seeds:
+        raise DetflowError(
+            "torch_seed is an empty list: give an int or a list of ints, e.g. [0, 1]"
+        )
+    for seed in seeds:
+        # bool is an int subclass, but `torch_seed: true` is certainly a typo.
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise DetflowError(
+                f"torch_seed {seed!r} is not an int: give an int or a list of ints, e.g. [0, 1]"
+            )
+        if not 0 <= seed <= TORCH_SEED_MAX:
+            raise DetflowError(
+                f"torch_seed {seed} is out of range: use ints from 0 to {TORCH_SEED_MAX} (2**63-1)"
+            )
+    duplicates = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if duplicates:
+        raise DetflowError(
+            f"torch_seed lists {duplicates[0]} more than once: make the seeds distinct"
+        )
+    return tuple(seeds)
+
+
+def check_trial_ids(value: Any) -> tuple[str, ...]:
+    """A non-empty list of distinct labels; ints are accepted and become strings."""
+    if not isinstance(value, list) or not value:
+        raise DetflowError(
+            f"trial_id must be a non-empty list of labels, e.g. [a, b, c], not {value!r}"
+        )
+    labels = []
+    for item in value:
+        label = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
+        if not isinstance(label, str) or not TRIAL_LABEL.fullmatch(label):
+            raise DetflowError(
+                f"trial_id {item!r} is not a valid label: use letters, digits, '_', '.' or '-'"
+            )
+        labels.append(label)
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise DetflowError(
+            f"trial_id lists {duplicates[0]!r} more than once: make the labels distinct"
+        )
+    return tuple(labels)
+
+
+def check_dotted_path(key: str, value: Any, *, optional: bool) -> str | None:
+    """A string such as ``package.module.function``; None is allowed where ``optional``."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or "." not in value.strip("."):
+        hint = " or null" if optional else ""
+        raise DetflowError(
+            f"{key} {value!r} is not a dotted import path: give e.g. 'detflow.tasks.forward'{hint}"
+        )
+    return value

@@ -1,0 +1,166 @@
+"""Stage `task`: for each seed run the pre-task, build the objects, run the task; save one netCDF.
+
+The artifact holds nothing specific to one run (no trial label, no timestamp), so trials
+that compute the same numbers produce byte-identical files and DVC's md5s agree.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detflow.binding import bind_arguments, check_config, import_function, is_config
+from detflow.cli import DetflowError, one_line, run_main, stage_parser
+from detflow.params import DEFAULT_PARAMS, Params, load_params
+
+# A result name becomes a netCDF variable: no slashes, nothing netCDF reserves.
+RESULT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+RESERVED_NAMES = {"torch_seed", "trial_id"}
+STORABLE_KINDS = "biuf"  # bool, signed and unsigned int, float
+
+
+def as_storable_array(task_name: str, name: Any, value: Any) -> np.ndarray:
+    """Turn one returned value into a numpy array that netCDF can hold, or say why not."""
+    if not isinstance(name, str) or not RESULT_NAME.fullmatch(name) or name in RESERVED_NAMES:
+        raise DetflowError(
+            f"task {task_name} returned the key {name!r}: use a name like 'out' "
+            f"(letters, digits, '_'), other than {sorted(RESERVED_NAMES)}"
+        )
+    if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except Exception as error:
+        raise DetflowError(
+            f"task {task_name} returned '{name}' as {type(value).__name__}, which is not an "
+            f"array ({one_line(error)}): return numbers, arrays or tensors"
+        ) from error
+    if array.dtype.kind not in STORABLE_KINDS:
+        raise DetflowError(
+            f"task {task_name} returned '{name}' as {type(value).__name__} of dtype {array.dtype}, "
+            f"which cannot be stored: return bool, int or float numbers, arrays or tensors"
+        )
+    return array
+
+
+def storable_outputs(task_name: str, result: Any) -> dict[str, np.ndarray]:
+    """Check a task's return value: a non-empty dict of names to arrays."""
+    if not isinstance(result, Mapping) or not result:
+        raise DetflowError(
+            f"task {task_name} returned {type(result).__name__}, not a dict of arrays: "
+            f"return e.g. {{'out': tensor}}"
+        )
+    return {name: as_storable_array(task_name, name, value) for name, value in result.items()}
+
+
+def run_seed(
+    seed: int,
+    params: Params,
+    pre_task: Callable[..., Any] | None,
+    task: Callable[..., Any],
+) -> dict[str, np.ndarray]:
+    """Seed first, then instantiate from config, then run the task."""
+    values = {**params.values, "torch_seed": seed}
+    try:
+        if pre_task is not None:
+            pre_task(**bind_arguments("pre_task", pre_task, values))
+        result = task(**bind_arguments("task", task, values))
+    except DetflowError:
+        raise
+    except Exception as error:
+        raise DetflowError(
+            f"task {params.task} failed on torch_seed {seed}: {one_line(error)}"
+        ) from error
+    return storable_outputs(params.task, result)
+
+
+def stack_seeds(
+    task_name: str, seeds: Sequence[int], outputs: Sequence[dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Stack each result over seeds; every seed must return the same names, shapes and dtypes."""
+    first = outputs[0]
+    for seed, output in zip(seeds[1:], outputs[1:], strict=True):
+        if output.keys() != first.keys():
+            raise DetflowError(
+                f"task {task_name} returned keys {sorted(output)} for torch_seed {seed} but "
+                f"{sorted(first)} for torch_seed {seeds[0]}: return the same keys for every seed"
+            )
+        for name, array in output.items():
+            if (array.shape, array.dtype) != (first[name].shape, first[name].dtype):
+                raise DetflowError(
+                    f"task {task_name} returned '{name}' as {array.dtype}{list(array.shape)} for "
+                    f"torch_seed {seed} but {first[name].dtype}{list(first[name].shape)} for "
+                    f"torch_seed {seeds[0]}: return the same shape and dtype for every seed"
+                )
+    return {name: np.stack([output[name] for output in outputs]) for name in first}
+
+
+def provenance() -> dict[str, str]:
+    """The software and hardware that produced the numbers (identical for identical runs)."""
+    import torch
+
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "device": "cpu",
+        "cuda_version": str(torch.version.cuda),
+        "cudnn_version": str(cudnn),
+        "deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()),
+    }
+
+
+def trial_dataset(seeds: Sequence[int], stacked: dict[str, np.ndarray], attrs: dict[str, str]):
+    """Name the axes as mushin's ``to_xarray`` does: ``torch_seed``, then ``<name>_dim<n>``."""
+    import xarray as xr
+
+    data_vars, coords = {}, {"torch_seed": np.asarray(seeds, dtype=np.int64)}
+    for name, array in stacked.items():
+        extra_dims = [f"{name}_dim{n}" for n in range(array.ndim - 1)]
+        data_vars[name] = (("torch_seed", *extra_dims), array)
+        for dim, size in zip(extra_dims, array.shape[1:], strict=True):
+            coords[dim] = np.arange(size, dtype=np.int64)
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def check_configs(params: Params) -> None:
+    """Fail before any work if a Hydra config in params cannot be built."""
+    for key, value in params.values.items():
+        if is_config(value):
+            check_config(key, value)
+
+
+def run_trial(params: Params):
+    """Run every seed of one trial and return its dataset, dims ``(torch_seed, ...)``."""
+    pre_task = import_function("pre_task", params.pre_task) if params.pre_task else None
+    task = import_function("task", params.task)
+    check_configs(params)
+    outputs = [run_seed(seed, params, pre_task, task) for seed in params.torch_seeds]
+    stacked = stack_seeds(params.task, params.torch_seeds, outputs)
+    return trial_dataset(params.torch_seeds, stacked, provenance())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
+    parser.add_argument("--out", type=Path, required=True, help="netCDF file to write")
+    args = parser.parse_args(argv)
+
+    from detflow.artifact import write_dataset
+
+    dataset = run_trial(load_params(args.params))
+    write_dataset(dataset, args.out)
+    print(f"wrote {args.out}: {dict(dataset.sizes)}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,61 @@
+"""Tasks and pre-tasks that tests name by dotted path (tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+
+CALLS: list[str] = []
+
+
+class RecordingLinear(torch.nn.Linear):
+    """A Linear that records when it is built, to check the seed-then-instantiate order."""
+
+    def __init__(self, in_features: int, out_features: int):
+        CALLS.append("instantiate")
+        super().__init__(in_features, out_features)
+
+
+def recording_seed(torch_seed: int) -> None:
+    CALLS.append(f"pre_task {torch_seed}")
+    torch.manual_seed(torch_seed)
+
+
+def returns_list(module, data):
+    return [1.0]
+
+
+def returns_text(module, data):
+    return {"out": "not a number"}
+
+
+def returns_object(module, data):
+    return {"out": object()}
+
+
+def returns_bad_key(module, data):
+    return {"trial_id": 1.0}
+
+
+def raises_on_seed_one(module, data, torch_seed):
+    if torch_seed == 1:
+        raise ValueError("boom")
+    return {"out": module(data).detach()}
+
+
+def grows_with_seed(torch_seed):
+    return {"out": torch.zeros(torch_seed + 1)}
+
+
+def needs_learning_rate(module, data, learning_rate):
+    return {"out": module(data).detach() * learning_rate}
+
+
+def mixed_dtypes(torch_seed):
+    """Scalars and arrays of every storable kind, from the seed alone."""
+    generator = torch.Generator().manual_seed(torch_seed)
+    return {
+        "half": torch.rand(3, generator=generator).half(),
+        "double": torch.rand(2, 2, generator=generator, dtype=torch.float64),
+        "count": torch_seed * 10,
+        "flag": torch_seed % 2 == 0,
+    }
