@@ -99,13 +99,13 @@ def fixed_params_attrs(params: Params) -> dict[str, str | int | float]:
 
 def combine_trials(trials: dict[str, xr.Dataset], attrs: dict[str, Any]) -> xr.Dataset:
     """Stack trials along a new ``trial_id`` dim: ``(torch_seed, trial_id, <name>_dim<n>...)``."""
-    import pandas as pd
-
+    # A plain numpy str coordinate: a pandas Index would bring pandas' own string dtype.
+    trial_ids = xr.DataArray(np.array(list(trials), dtype=str), dims="trial_id", name="trial_id")
     # join="exact" and compat="identical": trials that disagree on coordinates are an
     # error, never outer-joined and padded with NaN.
     combined = xr.concat(
         list(trials.values()),
-        dim=pd.Index(list(trials), name="trial_id"),
+        dim=trial_ids,
         data_vars="all",
         coords="different",
         compat="identical",

@@ -113,7 +113,7 @@ def content_digest(dataset: xr.Dataset) -> str:
     for name in sorted(dataset.variables, key=str):
         variable = dataset.variables[name]
         values = np.asarray(variable.values)
-        if values.dtype.kind in "OUS":  # strings: netCDF reads them back as objects
+        if values.dtype.kind in "OUST":  # any string storage: fixed-width, object or StringDType
             dtype, payload = "str", "\0".join(map(str, values.ravel())).encode()
         else:
             dtype, payload = values.dtype.str, np.ascontiguousarray(values).tobytes()

@@ -1,0 +1,170 @@
+"""The README's dvc commands, exactly as written, in a temporary git copy of the project."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from detflow.artifact import read_dataset
+
+pytestmark = pytest.mark.e2e
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", "src"]
+TRIALS = ("a", "b", "c")
+
+
+def environment() -> dict[str, str]:
+    """Stages run `python -m detflow...`: put this interpreter's bin first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.update(
+        GIT_AUTHOR_NAME="detflow",
+        GIT_AUTHOR_EMAIL="detflow@example.invalid",
+        GIT_COMMITTER_NAME="detflow",
+        GIT_COMMITTER_EMAIL="detflow@example.invalid",
+    )
+    env.pop("DETFLOW_VERBOSE", None)
+    return env
+
+
+def sh(repo: Path, *command: str) -> str:
+    done = subprocess.run(command, cwd=repo, env=environment(), capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def dvc(repo: Path, *args: str) -> str:
+    return sh(repo, sys.executable, "-m", "dvc", *args)
+
+
+def lock_md5s(repo: Path) -> dict[str, str]:
+    """Output path -> md5, as dvc.lock records them."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {
+        out["path"]: out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+    }
+
+
+def metrics(repo: Path) -> dict:
+    return json.loads((repo / "metrics.json").read_text())
+
+
+def how_to_reference(seed: int) -> np.ndarray:
+    torch.manual_seed(seed)
+    return torch.nn.Linear(10, 1)(torch.arange(10.0)).detach().numpy()
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    """The project after `git init`, `dvc repro` and a commit: what a user has after setup."""
+    repo = tmp_path_factory.mktemp("baseline") / "project"
+    for name in PROJECT_FILES:
+        source, target = PROJECT_ROOT / name, repo / name
+        if source.is_dir():
+            shutil.copytree(
+                source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+            )
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "project")
+    log = dvc(repo, "repro")
+    assert all(f"Running stage 'task@{t}'" in log for t in TRIALS)
+    assert "Running stage 'aggregate'" in log
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "dvc repro")
+    return repo
+
+
+@pytest.fixture
+def repo(baseline, tmp_path) -> Path:
+    """A private copy of the baseline, so each test's experiments start from the same commit."""
+    return Path(shutil.copytree(baseline, tmp_path / "project", symlinks=True))
+
+
+def test_repro_builds_everything_with_one_trial_md5(repo):
+    md5s = lock_md5s(repo)
+    assert len({md5s[f"data/trials/{t}.nc"] for t in TRIALS}) == 1
+    result = read_dataset(repo / "data/result.nc")
+    assert result["out"].dims == ("torch_seed", "trial_id", "out_dim0")
+    for seed in (0, 1):
+        for trial in TRIALS:
+            got = result["out"].sel(torch_seed=seed, trial_id=trial).values
+            assert got.tobytes() == how_to_reference(seed).tobytes()
+    assert metrics(repo)["deterministic"] is True
+
+
+def test_second_repro_runs_nothing_and_force_keeps_the_md5(repo):
+    before = lock_md5s(repo)["data/result.nc"]
+    again = dvc(repo, "repro")
+    assert "Running stage" not in again
+    assert "Data and pipelines are up to date." in again
+    forced = dvc(repo, "repro", "-f")
+    assert "Running stage 'aggregate'" in forced
+    assert lock_md5s(repo)["data/result.nc"] == before
+
+
+def test_exp_run_seed_one_then_metrics_diff(repo):
+    dvc(repo, "exp", "run", "-n", "seed0", "-S", "torch_seed=0")
+    dvc(repo, "exp", "run", "-n", "seed1", "-S", "torch_seed=1")
+    assert metrics(repo)["seeds"]["1"]["out"] == pytest.approx(float(how_to_reference(1)[0]))
+    diff = json.loads(dvc(repo, "metrics", "diff", "--all", "--json", "seed0", "seed1"))
+    changes = diff["metrics.json"]
+    assert changes["mean.out"]["old"] != changes["mean.out"]["new"]
+    assert (changes["deterministic"]["old"], changes["deterministic"]["new"]) == (True, True)
+    # The plain command compares the workspace (seed 1) with the committed baseline.
+    plain = dvc(repo, "metrics", "diff")
+    assert "mean.out" in plain
+
+
+def test_exp_run_three_seeds_gives_a_3x3x1_result(repo):
+    dvc(repo, "exp", "run", "-S", "torch_seed=[0,1,2]")
+    result = read_dataset(repo / "data/result.nc")
+    assert result["out"].shape == (3, 3, 1)
+    assert (
+        result["out"].sel(torch_seed=2, trial_id="c").values.tobytes()
+        == how_to_reference(2).tobytes()
+    )
+    assert metrics(repo)["deterministic"] is True
+
+
+def test_queued_sweep_lists_three_successful_experiments(repo):
+    dvc(repo, "exp", "run", "--queue", "-S", "torch_seed=0,1,2")
+    dvc(repo, "queue", "start")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(repo, "queue", "status")
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(3)
+    rows = list(csv.DictReader(io.StringIO(dvc(repo, "exp", "show", "--csv"))))
+    experiments = [row for row in rows if row["typ"] != "baseline"]
+    assert [row["State"] for row in experiments] == ["Success"] * 3, status
+    assert sorted(row["n_torch_seeds"] for row in experiments) == ["1", "1", "1"]
+    assert all(row["deterministic"] == "True" for row in experiments)
+
+
+def test_no_pre_task_is_not_deterministic(repo):
+    dvc(repo, "exp", "run", "-S", "pre_task=null")
+    found = metrics(repo)
+    assert found["deterministic"] is False
+    assert found["disagreeing_seeds"] == "0,1"
+    assert found["seeds"]["0"]["deterministic"] is False
+    md5s = lock_md5s(repo)
+    assert len({md5s[f"data/trials/{t}.nc"] for t in TRIALS}) == 3
