@@ -59,3 +59,16 @@ def mixed_dtypes(torch_seed):
         "count": torch_seed * 10,
         "flag": torch_seed % 2 == 0,
     }
+
+
+def draws_everywhere(torch_seed):
+    """One draw from each global RNG that a task might use."""
+    import random
+
+    import numpy as np
+
+    return {
+        "python": random.random(),
+        "numpy": np.random.rand(),
+        "torch": torch.rand(1),
+    }

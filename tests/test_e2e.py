@@ -22,7 +22,15 @@ from detflow.artifact import read_dataset
 pytestmark = pytest.mark.e2e
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", "src"]
+PROJECT_FILES = [
+    "dvc.yaml",
+    "params.yaml",
+    ".dvcignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    ".dvc/plots",
+    "src",
+]
 TRIALS = ("a", "b", "c")
 
 
@@ -39,14 +47,17 @@ def environment() -> dict[str, str]:
     return env
 
 
-def sh(repo: Path, *command: str) -> str:
+def sh(repo: Path, *command: str, check: bool = True) -> str:
     done = subprocess.run(command, cwd=repo, env=environment(), capture_output=True, text=True)
+    if not check:
+        assert done.returncode != 0, f"{' '.join(command)} should have failed:\n{done.stdout}"
+        return done.stdout + done.stderr
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
 
-def dvc(repo: Path, *args: str) -> str:
-    return sh(repo, sys.executable, "-m", "dvc", *args)
+def dvc(repo: Path, *args: str, check: bool = True) -> str:
+    return sh(repo, sys.executable, "-m", "dvc", *args, check=check)
 
 
 def lock_md5s(repo: Path) -> dict[str, str]:
@@ -168,3 +179,39 @@ def test_no_pre_task_is_not_deterministic(repo):
     assert found["seeds"]["0"]["deterministic"] is False
     md5s = lock_md5s(repo)
     assert len({md5s[f"data/trials/{t}.nc"] for t in TRIALS}) == 3
+
+
+def test_training_task_is_deterministic_with_workers(repo):
+    dvc(
+        repo,
+        "exp",
+        "run",
+        "-S",
+        "task=detflow.tasks.train",
+        "-S",
+        "train.num_workers=2",
+        "-S",
+        "pre_task=detflow.seeding.seed_everything",
+    )
+    found = metrics(repo)
+    assert found["deterministic"] is True
+    assert found["provenance"]["deterministic_algorithms"] == "True"
+    result = read_dataset(repo / "data/result.nc")
+    assert result["loss"].dims == ("torch_seed", "trial_id", "epoch")
+    assert (repo / "data/plots/loss.csv").exists()
+
+
+def test_plots_show_and_diff_render_html(repo):
+    dvc(repo, "exp", "run", "-n", "seeded", "-S", "torch_seed=0")
+    dvc(repo, "exp", "run", "-n", "unseeded", "-S", "torch_seed=0", "-S", "pre_task=null")
+    dvc(repo, "plots", "show", "-o", "shown")
+    assert "trial_id" in (repo / "shown/index.html").read_text()
+    dvc(repo, "plots", "diff", "seeded", "unseeded", "-o", "diffed")
+    page = (repo / "diffed/index.html").read_text()
+    assert '"rev": "seeded"' in page and '"rev": "unseeded"' in page
+
+
+def test_strict_gate_fails_the_run_with_one_line(repo):
+    output = dvc(repo, "exp", "run", "-S", "strict=true", "-S", "pre_task=null", check=False)
+    assert "detflow: error: strict: trials disagree for torch_seed 0,1" in output
+    assert "Traceback" not in output

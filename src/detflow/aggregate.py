@@ -21,6 +21,28 @@ from detflow.params import DEFAULT_PARAMS, Params, load_params
 
 REBUILD = "run `dvc repro -f` to rebuild it"
 
+# Plots stay readable and small: disagreeing seeds first, then the others, up to this many,
+# and at most this many positions of each variable.
+PLOT_MAX_SEEDS = 10
+PLOT_MAX_POSITIONS = 500
+
+# Trial attrs that describe software, hardware and settings; copied into metrics.json.
+PROVENANCE_KEYS = (
+    "torch_version",
+    "numpy_version",
+    "python_version",
+    "platform",
+    "machine",
+    "device",
+    "device_name",
+    "cuda_version",
+    "cudnn_version",
+    "deterministic_algorithms",
+    "cudnn_benchmark",
+    "cudnn_deterministic",
+    "cublas_workspace_config",
+)
+
 
 def describe(variable: xr.DataArray) -> str:
     return f"{variable.dtype}{list(variable.dims)}{list(variable.shape)}"
@@ -156,6 +178,7 @@ def build_metrics(result: xr.Dataset, verdict: Verdict) -> dict[str, Any]:
         "digest": content_digest(result),
         "mean": means,
         "seeds": seeds,
+        "provenance": {key: result.attrs[key] for key in PROVENANCE_KEYS if key in result.attrs},
         "disagreements": [
             {
                 "torch_seed": d.torch_seed,
@@ -167,6 +190,33 @@ def build_metrics(result: xr.Dataset, verdict: Verdict) -> dict[str, Any]:
             for d in verdict.disagreements
         ],
     }
+
+
+def plot_seeds(verdict: Verdict) -> list[int]:
+    agreeing = [seed for seed in verdict.torch_seeds if seed not in verdict.disagreeing_seeds]
+    return [*verdict.disagreeing_seeds, *agreeing][:PLOT_MAX_SEEDS]
+
+
+def plot_rows(variable: xr.DataArray, seeds: Sequence[int]) -> str:
+    """Long-format CSV of one variable: torch_seed, trial_id, index, value.
+
+    ``index`` is the position within the variable (the epoch, for a loss curve), so every
+    trial of a seed draws one line: lines that do not overlap are trials that disagree.
+    """
+    lines = ["torch_seed,trial_id,index,value"]
+    for seed in seeds:
+        for trial_id in variable["trial_id"].values:
+            values = variable.sel(torch_seed=seed, trial_id=trial_id).values.ravel()
+            for index, value in enumerate(values[:PLOT_MAX_POSITIONS]):
+                lines.append(f"{seed},{trial_id},{index},{json_number(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(result: xr.Dataset, verdict: Verdict, plots_dir: Path) -> None:
+    """One CSV per variable, for `dvc plots show` with the `trials` template."""
+    seeds = plot_seeds(verdict)
+    for name, variable in result.data_vars.items():
+        write_text(plots_dir / f"{name}.csv", plot_rows(variable, seeds))
 
 
 def summary(result: xr.Dataset, verdict: Verdict) -> str:
@@ -193,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trials", type=Path, default=Path("data/trials"), help="trials folder")
     parser.add_argument("--out", type=Path, default=Path("data/result.nc"), help="result file")
     parser.add_argument("--metrics", type=Path, default=Path("metrics.json"), help="metrics file")
+    parser.add_argument("--plots", type=Path, default=Path("data/plots"), help="plots folder")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
@@ -201,7 +252,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = build_metrics(result, verdict)
     write_dataset(result, args.out)
     write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")
+    write_plots(result, verdict, args.plots)
     print(summary(result, verdict))
+    if params.strict and not verdict.deterministic:
+        seeds = ",".join(map(str, verdict.disagreeing_seeds))
+        raise DetflowError(
+            f"strict: trials disagree for torch_seed {seeds} (details in {args.metrics}); "
+            f"make the task deterministic, or set strict: false to record without failing"
+        )
     return 0
 
 

@@ -20,6 +20,8 @@ TORCH_SEED_MAX = 2**63 - 1
 # A trial label names a file (data/trials/<label>.nc) and a DVC stage (task@<label>).
 TRIAL_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
+DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+
 REQUIRED_KEYS = ("torch_seed", "trial_id", "pre_task", "task")
 
 
@@ -36,6 +38,8 @@ class Params:
     trial_ids: tuple[str, ...]
     pre_task: str | None
     task: str
+    device: str
+    strict: bool
     values: Mapping[str, Any] = field(repr=False)
 
 
@@ -77,6 +81,8 @@ def parse_params(values: Any, source: str = "params.yaml") -> Params:
         trial_ids=check_trial_ids(values["trial_id"]),
         pre_task=check_dotted_path("pre_task", values["pre_task"], optional=True),
         task=check_dotted_path("task", values["task"], optional=False),
+        device=check_device(values.get("device", "cpu")),
+        strict=check_flag("strict", values.get("strict", False)),
         values=values,
     )
 
@@ -137,4 +143,17 @@ def check_dotted_path(key: str, value: Any, *, optional: bool) -> str | None:
         raise DetflowError(
             f"{key} {value!r} is not a dotted import path: give e.g. 'detflow.tasks.forward'{hint}"
         )
+    return value
+
+
+def check_device(value: Any) -> str:
+    """'cpu', 'cuda' or 'cuda:<n>'; whether it exists is checked where torch is loaded."""
+    if not isinstance(value, str) or not DEVICE.fullmatch(value):
+        raise DetflowError(f"device {value!r} is not a device: use cpu, cuda or cuda:<n>")
+    return value
+
+
+def check_flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise DetflowError(f"{key} {value!r} is not a boolean: use true or false")
     return value

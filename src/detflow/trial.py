@@ -24,13 +24,39 @@ RESERVED_NAMES = {"torch_seed", "trial_id"}
 STORABLE_KINDS = "biuf"  # bool, signed and unsigned int, float
 
 
-def as_storable_array(task_name: str, name: Any, value: Any) -> np.ndarray:
-    """Turn one returned value into a numpy array that netCDF can hold, or say why not."""
+class Output:
+    """One returned value as a numpy array, with the names of its axes if the task gave them."""
+
+    def __init__(self, array: np.ndarray, dims: tuple[str, ...] | None):
+        self.array, self.dims = array, dims
+
+    def describe(self) -> str:
+        return f"{self.array.dtype}{list(self.array.shape)}" + (
+            f" dims {list(self.dims)}" if self.dims else ""
+        )
+
+
+def check_name(task_name: str, what: str, name: Any) -> None:
     if not isinstance(name, str) or not RESULT_NAME.fullmatch(name) or name in RESERVED_NAMES:
         raise DetflowError(
-            f"task {task_name} returned the key {name!r}: use a name like 'out' "
+            f"task {task_name} returned the {what} {name!r}: use a name like 'out' "
             f"(letters, digits, '_'), other than {sorted(RESERVED_NAMES)}"
         )
+
+
+def as_storable(task_name: str, name: Any, value: Any) -> Output:
+    """Turn one returned value into an array that netCDF can hold, or say why not.
+
+    An ``xarray.DataArray`` keeps its dim names (e.g. ``epoch``); anything else gets mushin's
+    ``<name>_dim<n>``.
+    """
+    check_name(task_name, "key", name)
+    dims = None
+    if hasattr(value, "dims") and hasattr(value, "values") and not hasattr(value, "detach"):
+        dims = tuple(value.dims)
+        for dim in dims:
+            check_name(task_name, f"dim of '{name}'", dim)
+        value = value.values
     if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU
         value = value.detach().cpu().numpy()
     try:
@@ -45,17 +71,26 @@ def as_storable_array(task_name: str, name: Any, value: Any) -> np.ndarray:
             f"task {task_name} returned '{name}' as {type(value).__name__} of dtype {array.dtype}, "
             f"which cannot be stored: return bool, int or float numbers, arrays or tensors"
         )
-    return array
+    return Output(array, dims)
 
 
-def storable_outputs(task_name: str, result: Any) -> dict[str, np.ndarray]:
+def storable_outputs(task_name: str, result: Any) -> dict[str, Output]:
     """Check a task's return value: a non-empty dict of names to arrays."""
     if not isinstance(result, Mapping) or not result:
         raise DetflowError(
             f"task {task_name} returned {type(result).__name__}, not a dict of arrays: "
             f"return e.g. {{'out': tensor}}"
         )
-    return {name: as_storable_array(task_name, name, value) for name, value in result.items()}
+    return {name: as_storable(task_name, name, value) for name, value in result.items()}
+
+
+def on_device(value: Any, device: str) -> Any:
+    """Move built modules and tensors to ``device``; leave everything else alone."""
+    import torch
+
+    if isinstance(value, torch.nn.Module | torch.Tensor):
+        return value.to(device)
+    return value
 
 
 def run_seed(
@@ -63,13 +98,16 @@ def run_seed(
     params: Params,
     pre_task: Callable[..., Any] | None,
     task: Callable[..., Any],
-) -> dict[str, np.ndarray]:
-    """Seed first, then instantiate from config, then run the task."""
-    values = {**params.values, "torch_seed": seed}
+) -> dict[str, Output]:
+    """Seed first, then instantiate from config (on the device), then run the task."""
+    values = {**params.values, "torch_seed": seed, "device": params.device}
     try:
         if pre_task is not None:
             pre_task(**bind_arguments("pre_task", pre_task, values))
-        result = task(**bind_arguments("task", task, values))
+        arguments = bind_arguments("task", task, values)
+        result = task(
+            **{name: on_device(value, params.device) for name, value in arguments.items()}
+        )
     except DetflowError:
         raise
     except Exception as error:
@@ -80,8 +118,8 @@ def run_seed(
 
 
 def stack_seeds(
-    task_name: str, seeds: Sequence[int], outputs: Sequence[dict[str, np.ndarray]]
-) -> dict[str, np.ndarray]:
+    task_name: str, seeds: Sequence[int], outputs: Sequence[dict[str, Output]]
+) -> dict[str, Output]:
     """Stack each result over seeds; every seed must return the same names, shapes and dtypes."""
     first = outputs[0]
     for seed, output in zip(seeds[1:], outputs[1:], strict=True):
@@ -90,43 +128,62 @@ def stack_seeds(
                 f"task {task_name} returned keys {sorted(output)} for torch_seed {seed} but "
                 f"{sorted(first)} for torch_seed {seeds[0]}: return the same keys for every seed"
             )
-        for name, array in output.items():
-            if (array.shape, array.dtype) != (first[name].shape, first[name].dtype):
+        for name, value in output.items():
+            if value.describe() != first[name].describe():
                 raise DetflowError(
-                    f"task {task_name} returned '{name}' as {array.dtype}{list(array.shape)} for "
-                    f"torch_seed {seed} but {first[name].dtype}{list(first[name].shape)} for "
+                    f"task {task_name} returned '{name}' as {value.describe()} for "
+                    f"torch_seed {seed} but {first[name].describe()} for "
                     f"torch_seed {seeds[0]}: return the same shape and dtype for every seed"
                 )
-    return {name: np.stack([output[name] for output in outputs]) for name in first}
+    return {
+        name: Output(np.stack([output[name].array for output in outputs]), first[name].dims)
+        for name in first
+    }
 
 
-def provenance() -> dict[str, str]:
-    """The software and hardware that produced the numbers (identical for identical runs)."""
+def provenance(device: str) -> dict[str, str]:
+    """The software, hardware and settings that produced the numbers.
+
+    Read after the last seed ran, so the settings are those the pre-task left in force.
+    Nothing here differs between two runs on the same machine.
+    """
     import torch
 
+    from detflow.seeding import deterministic_settings
+
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    on_cuda = device.startswith("cuda")
     return {
         "torch_version": torch.__version__,
         "numpy_version": np.__version__,
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "device": "cpu",
+        "device": device,
+        "device_name": torch.cuda.get_device_name(device)
+        if on_cuda
+        else platform.processor() or platform.machine(),
         "cuda_version": str(torch.version.cuda),
         "cudnn_version": str(cudnn),
-        "deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()),
+        **deterministic_settings(),
     }
 
 
-def trial_dataset(seeds: Sequence[int], stacked: dict[str, np.ndarray], attrs: dict[str, str]):
+def trial_dataset(seeds: Sequence[int], stacked: dict[str, Output], attrs: dict[str, str]):
     """Name the axes as mushin's ``to_xarray`` does: ``torch_seed``, then ``<name>_dim<n>``."""
     import xarray as xr
 
     data_vars, coords = {}, {"torch_seed": np.asarray(seeds, dtype=np.int64)}
-    for name, array in stacked.items():
-        extra_dims = [f"{name}_dim{n}" for n in range(array.ndim - 1)]
+    for name, output in stacked.items():
+        array = output.array
+        extra_dims = output.dims or tuple(f"{name}_dim{n}" for n in range(array.ndim - 1))
         data_vars[name] = (("torch_seed", *extra_dims), array)
         for dim, size in zip(extra_dims, array.shape[1:], strict=True):
+            if dim in coords and len(coords[dim]) != size:
+                raise DetflowError(
+                    f"task returned dim '{dim}' with sizes {len(coords[dim])} and {size}: "
+                    f"give differently sized axes different names"
+                )
             coords[dim] = np.arange(size, dtype=np.int64)
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
@@ -138,14 +195,23 @@ def check_configs(params: Params) -> None:
             check_config(key, value)
 
 
+def check_device(device: str) -> None:
+    """Fail before any work if the device param names a device this machine lacks."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DetflowError(f"device '{device}' is not available on this machine: set device: cpu")
+
+
 def run_trial(params: Params):
     """Run every seed of one trial and return its dataset, dims ``(torch_seed, ...)``."""
+    check_device(params.device)
     pre_task = import_function("pre_task", params.pre_task) if params.pre_task else None
     task = import_function("task", params.task)
     check_configs(params)
     outputs = [run_seed(seed, params, pre_task, task) for seed in params.torch_seeds]
     stacked = stack_seeds(params.task, params.torch_seeds, outputs)
-    return trial_dataset(params.torch_seeds, stacked, provenance())
+    return trial_dataset(params.torch_seeds, stacked, provenance(params.device))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
