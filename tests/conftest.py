@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dvc_project import baseline, repo  # noqa: F401  (fixtures for the e2e tests)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -72,3 +72,7 @@ def draws_everywhere(torch_seed):
         "numpy": np.random.rand(),
         "torch": torch.rand(1),
     }
+
+
+def non_finite(torch_seed):
+    return {"out": torch.tensor([float("nan"), float("inf"), float("-inf"), 1.0])}

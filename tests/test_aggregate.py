@@ -122,3 +122,51 @@ def test_a_trial_with_another_dtype_is_refused(tmp_path, workspace):
     write_dataset(read_dataset(path).astype(np.float64), path)
     with pytest.raises(DetflowError, match=r"trials/b.nc: 'out' is float64"):
         run_aggregate(tmp_path, params_path)
+
+
+def test_a_truncated_trial_is_refused_and_nothing_is_written(tmp_path, workspace):
+    params_path = workspace()
+    path = tmp_path / "trials" / "a.nc"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DetflowError, match=r"trials/a.nc is not a readable netCDF file"):
+        run_aggregate(tmp_path, params_path)
+    assert not (tmp_path / "result.nc").exists()
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_trial_with_wrong_dims_is_refused(tmp_path, workspace):
+    params_path = workspace()
+    path = tmp_path / "trials" / "c.nc"
+    write_dataset(read_dataset(path).transpose("out_dim0", "torch_seed"), path)
+    with pytest.raises(
+        DetflowError,
+        match=r"trials/c.nc: 'out' has dims \['out_dim0', 'torch_seed'\], not torch_seed first",
+    ):
+        run_aggregate(tmp_path, params_path)
+
+
+def test_a_refused_trial_keeps_the_previous_result(tmp_path, workspace):
+    params_path = workspace()
+    run_aggregate(tmp_path, params_path)
+    before = {name: (tmp_path / name).read_bytes() for name in ("result.nc", "metrics.json")}
+    (tmp_path / "trials" / "b.nc").write_bytes(b"garbage")
+    with pytest.raises(DetflowError, match=r"b\.nc is not a readable netCDF file"):
+        run_aggregate(tmp_path, params_path)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
+def test_nan_and_inf_are_stored_as_is_and_compared_bitwise(tmp_path, workspace, project_params):
+    project_params["task"] = "tasks_for_tests.non_finite"
+    result, metrics = run_aggregate(tmp_path, workspace(project_params))
+    expected = np.array([np.nan, np.inf, -np.inf, 1.0], dtype=np.float32)
+    for seed in (0, 1):
+        for trial in ("a", "b", "c"):
+            got = result["out"].sel(torch_seed=seed, trial_id=trial).values
+            assert got.tobytes() == expected.tobytes()
+    assert metrics["deterministic"] is True
+    assert metrics["mean"]["out"] == "nan"
+
+    def no_constants(name):
+        raise AssertionError(f"metrics.json holds the non-JSON constant {name}")
+
+    json.loads((tmp_path / "metrics.json").read_text(), parse_constant=no_constants)

@@ -5,108 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-import yaml
 
 from detflow.artifact import read_dataset
+from dvc_project import TRIALS, dvc, how_to_reference, lock_md5s, metrics
 
 pytestmark = pytest.mark.e2e
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = [
-    "dvc.yaml",
-    "params.yaml",
-    ".dvcignore",
-    ".dvc/config",
-    ".dvc/.gitignore",
-    ".dvc/plots",
-    "src",
-]
-TRIALS = ("a", "b", "c")
-
-
-def environment() -> dict[str, str]:
-    """Stages run `python -m detflow...`: put this interpreter's bin first on PATH."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.update(
-        GIT_AUTHOR_NAME="detflow",
-        GIT_AUTHOR_EMAIL="detflow@example.invalid",
-        GIT_COMMITTER_NAME="detflow",
-        GIT_COMMITTER_EMAIL="detflow@example.invalid",
-    )
-    env.pop("DETFLOW_VERBOSE", None)
-    return env
-
-
-def sh(repo: Path, *command: str, check: bool = True) -> str:
-    done = subprocess.run(command, cwd=repo, env=environment(), capture_output=True, text=True)
-    if not check:
-        assert done.returncode != 0, f"{' '.join(command)} should have failed:\n{done.stdout}"
-        return done.stdout + done.stderr
-    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def dvc(repo: Path, *args: str, check: bool = True) -> str:
-    return sh(repo, sys.executable, "-m", "dvc", *args, check=check)
-
-
-def lock_md5s(repo: Path) -> dict[str, str]:
-    """Output path -> md5, as dvc.lock records them."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {
-        out["path"]: out["md5"]
-        for stage in lock["stages"].values()
-        for out in stage.get("outs", [])
-    }
-
-
-def metrics(repo: Path) -> dict:
-    return json.loads((repo / "metrics.json").read_text())
-
-
-def how_to_reference(seed: int) -> np.ndarray:
-    torch.manual_seed(seed)
-    return torch.nn.Linear(10, 1)(torch.arange(10.0)).detach().numpy()
-
-
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory) -> Path:
-    """The project after `git init`, `dvc repro` and a commit: what a user has after setup."""
-    repo = tmp_path_factory.mktemp("baseline") / "project"
-    for name in PROJECT_FILES:
-        source, target = PROJECT_ROOT / name, repo / name
-        if source.is_dir():
-            shutil.copytree(
-                source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-            )
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "project")
-    log = dvc(repo, "repro")
-    assert all(f"Running stage 'task@{t}'" in log for t in TRIALS)
-    assert "Running stage 'aggregate'" in log
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "dvc repro")
-    return repo
-
-
-@pytest.fixture
-def repo(baseline, tmp_path) -> Path:
-    """A private copy of the baseline, so each test's experiments start from the same commit."""
-    return Path(shutil.copytree(baseline, tmp_path / "project", symlinks=True))
 
 
 def test_repro_builds_everything_with_one_trial_md5(repo):

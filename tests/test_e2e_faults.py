@@ -1,0 +1,143 @@
+"""Faults under real `dvc repro`: a kill mid-write, a concurrent run, and recovery afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detflow.artifact import read_dataset
+from dvc_project import dvc, environment, metrics
+
+pytestmark = pytest.mark.e2e
+
+STALL_HOOK = Path(__file__).resolve().parent / "stall_hook"
+
+
+def set_params(repo: Path, **changes) -> None:
+    path = repo / "params.yaml"
+    values = yaml.safe_load(path.read_text())
+    values.update(changes)
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def wait_for(predicate, what: str, timeout: float = 180.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_dvc(repo: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=repo,
+        env=env or environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def kill_mid_write(repo: Path, stall_dir: Path) -> str:
+    """Run `dvc repro` until the first trial is half-way through its netCDF write; SIGKILL it."""
+    stall_dir.mkdir()
+    env = {
+        **environment(),
+        "DETFLOW_TEST_STALL_DIR": str(stall_dir),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(STALL_HOOK), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    run = start_dvc(repo, "repro", env=env)
+    marker = wait_for(lambda: next(stall_dir.glob("*.pid"), None), "the stalled write")
+    os.kill(int(marker.name.split(".")[0]), signal.SIGKILL)
+    output, _ = run.communicate(timeout=120)
+    assert run.returncode != 0, output
+    return marker.read_text()
+
+
+def test_sigkill_mid_write_leaves_no_partial_file(repo, tmp_path):
+    set_params(repo, torch_seed=[0, 1, 2])
+    partial = kill_mid_write(repo, tmp_path / "stall")
+    trials = repo / "data/trials"
+    # The half-written file was a hidden temporary, never the output path.
+    assert Path(partial).parent == trials and Path(partial).name.startswith(".a.nc.")
+    assert not (trials / "a.nc").exists()
+    # b and c had not started: their previous, complete files are still there.
+    assert sorted(p.name for p in trials.glob("*.nc")) == ["b.nc", "c.nc"]
+    assert read_dataset(trials / "b.nc")["torch_seed"].values.tolist() == [0, 1]
+
+    log = dvc(repo, "repro")
+    assert "Running stage 'task@a'" in log
+    assert read_dataset(repo / "data/result.nc")["out"].shape == (3, 3, 1)
+    assert metrics(repo)["deterministic"] is True
+
+
+def test_a_second_concurrent_repro_fails_on_the_lock(repo):
+    set_params(repo, torch_seed=[0, 1, 2])
+    first = start_dvc(repo, "repro")
+    # DVC removes a stage's outputs just before running it, holding the repo lock throughout.
+    wait_for(lambda: not (repo / "data/trials/a.nc").exists(), "the first repro to start")
+    second = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=repo,
+        env=environment(),
+        capture_output=True,
+        text=True,
+    )
+    first_output, _ = first.communicate(timeout=300)
+    assert second.returncode != 0
+    # DVC's own lock message: the repo lock, or the read-write lock on the outputs.
+    message = second.stderr + second.stdout
+    assert "Unable to acquire lock" in message or "is busy, it is being blocked by" in message
+    assert first.returncode == 0, first_output
+    assert read_dataset(repo / "data/result.nc")["out"].shape == (3, 3, 1)
+    assert metrics(repo)["deterministic"] is True
+
+
+def corrupt_a_trial(repo: Path) -> None:
+    (repo / "data/trials/b.nc").unlink()  # DVC keeps cache files read-only; replace, never edit
+    (repo / "data/trials/b.nc").write_bytes(b"CDF\x01 truncated")
+    output = dvc(repo, "repro", "--single-item", "aggregate", check=False)
+    assert "data/trials/b.nc is not a readable netCDF file" in output
+
+
+def strict_failure(repo: Path) -> None:
+    output = dvc(repo, "exp", "run", "-S", "strict=true", "-S", "pre_task=null", check=False)
+    assert "strict: trials disagree" in output
+
+
+def killed_trial(repo: Path) -> None:
+    set_params(repo, torch_seed=[0, 1, 2])
+    kill_mid_write(repo, repo.parent / "stall")
+
+
+@pytest.mark.parametrize("failure", [killed_trial, corrupt_a_trial, strict_failure])
+def test_last_good_result_comes_back_after_a_failure(repo, failure):
+    good = {name: md5(repo / name) for name in ("data/result.nc", "metrics.json")}
+    failure(repo)
+    subprocess.run(["git", "checkout", "--", "dvc.lock"], cwd=repo, check=True)
+    if failure is killed_trial:
+        dvc(repo, "checkout")  # nothing unsaved was written: the plain command suffices
+    else:
+        # The strict report and a hand-edited trial are files DVC has not saved; it removes
+        # them only with --force.
+        refused = dvc(repo, "checkout", check=False)
+        assert "without confirmation. Use `--force` to force." in refused
+    dvc(repo, "checkout", "--force")
+    assert {name: md5(repo / name) for name in good} == good
