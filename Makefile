@@ -3,14 +3,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench scale
 setup: $(VENV)/.installed
 
 # Installs the exact versions in requirements.lock (torch 2.13.0 CPU on this platform).
 $(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock -e '.[test]'
+	$(BIN)/python -m pip install --quiet -r requirements.lock -e '.[test,bench]'
 	touch $@
 
 run: setup
@@ -25,5 +25,10 @@ lint: setup
 test: lint
 	python -m pytest || { code=$$?; [ $$code -ne 5 ] || echo "make test: pytest collected no tests" >&2; exit $$code; }
 
+# Speed and memory against the floor and an in-process multirun (about 7 minutes).
 bench: setup
 	python benchmarks/bench.py
+
+# torch_seed 0..999 x 4 trials: stage times, peak memory, result shape (about 1 minute).
+scale: setup
+	python benchmarks/scale.py

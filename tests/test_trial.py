@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 import tasks_for_tests
 from detflow.artifact import read_dataset, write_dataset
@@ -138,9 +139,15 @@ def test_every_storable_dtype_round_trips(project_params, tmp_path):
     }
     path = tmp_path / "t.nc"
     write_dataset(trial, path)
-    import xarray as xr
-
     xr.testing.assert_identical(read_dataset(path), trial)
+
+
+def test_trial_file_reads_back_identical(project_params, write_params, tmp_path):
+    """The stage writes with netCDF4 alone; xarray must read back exactly what was computed."""
+    project_params["task"] = "tasks_for_tests.mixed_dtypes"
+    out = tmp_path / "a.nc"
+    main(["--params", str(write_params(project_params)), "--out", str(out)])
+    xr.testing.assert_identical(read_dataset(out), run_trial(parse_params(project_params)))
 
 
 def test_failed_trial_keeps_the_previous_artifact(project_params, write_params, tmp_path):
@@ -159,3 +166,14 @@ def test_equal_trials_write_identical_bytes(project_params, write_params, tmp_pa
     main(["--params", params, "--out", str(tmp_path / "a.nc")])
     main(["--params", params, "--out", str(tmp_path / "b.nc")])
     assert (tmp_path / "a.nc").read_bytes() == (tmp_path / "b.nc").read_bytes()
+
+
+def test_nested_configs_are_built_after_the_pre_task_for_every_seed(project_params):
+    project_params["module"] = {
+        "_target_": "torch.nn.Sequential",
+        "_args_": [{"_target_": "torch.nn.Linear", "in_features": 10, "out_features": 1}],
+    }
+    trial = run_trial(parse_params(project_params))
+    for seed in (0, 1):
+        got = trial["out"].sel(torch_seed=seed).values
+        assert got.tobytes() == how_to_reference(seed).tobytes()

@@ -80,11 +80,48 @@ def instantiate(key: str, config: Mapping[str, Any]) -> Any:
         ) from error
 
 
+def has_nested_config(value: Any) -> bool:
+    """True if a config holds another config anywhere inside it."""
+    children = value.values() if isinstance(value, Mapping) else value
+    if not isinstance(value, Mapping | list | tuple):
+        return False
+    return any(is_config(child) or has_nested_config(child) for child in children)
+
+
+def config_builder(key: str, config: Mapping[str, Any]) -> Callable[[], Any]:
+    """A zero-argument function that builds a fresh object from ``config`` on each call.
+
+    Trials build their objects once per seed, after the pre-task. Hydra's ``instantiate``
+    costs milliseconds a call, so a flat config is resolved once with Hydra's ``_partial_``
+    and the resulting ``functools.partial`` is called per seed. A config with nested configs
+    (or its own ``_partial_``) is instantiated afresh each time, so that nothing inside it is
+    built before the pre-task or shared between seeds.
+    """
+    if "_partial_" in config or has_nested_config(config):
+        return lambda: instantiate(key, config)
+    factory = instantiate(key, {**config, "_partial_": True})
+
+    def build() -> Any:
+        try:
+            return factory()
+        except Exception as error:
+            raise DetflowError(
+                f"{key}: cannot instantiate {config['_target_']} ({one_line(error)}): "
+                f"fix its arguments in params.yaml"
+            ) from error
+
+    return build
+
+
 def bind_arguments(
-    role: str, function: Callable[..., Any], values: Mapping[str, Any]
+    role: str,
+    function: Callable[..., Any],
+    values: Mapping[str, Any],
+    builders: Mapping[str, Callable[[], Any]] | None = None,
 ) -> dict[str, Any]:
     """Pick the arguments ``function`` names out of ``values``, instantiating Hydra configs.
 
+    A config is built with ``builders[name]`` where given (see ``config_builder``).
     Parameters with a default may be absent from ``values``; the others must be present.
 
     Examples
@@ -93,6 +130,7 @@ def bind_arguments(
     >>> bind_arguments("task", task, {"torch_seed": 3, "trial_id": ["a"]})
     {'torch_seed': 3}
     """
+    builders = builders or {}
     arguments = {}
     for name, parameter in inspect.signature(function).parameters.items():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
@@ -106,5 +144,8 @@ def bind_arguments(
                 )
             continue
         value = values[name]
-        arguments[name] = instantiate(name, value) if is_config(value) else value
+        if name in builders:
+            arguments[name] = builders[name]()
+        else:
+            arguments[name] = instantiate(name, value) if is_config(value) else value
     return arguments

@@ -9,12 +9,19 @@ from __future__ import annotations
 import platform
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from detflow.binding import bind_arguments, check_config, import_function, is_config
+from detflow.binding import (
+    bind_arguments,
+    check_config,
+    config_builder,
+    import_function,
+    is_config,
+)
 from detflow.cli import DetflowError, one_line, run_main, stage_parser
 from detflow.params import DEFAULT_PARAMS, Params, load_params
 
@@ -98,13 +105,14 @@ def run_seed(
     params: Params,
     pre_task: Callable[..., Any] | None,
     task: Callable[..., Any],
+    builders: Mapping[str, Callable[[], Any]],
 ) -> dict[str, Output]:
     """Seed first, then instantiate from config (on the device), then run the task."""
     values = {**params.values, "torch_seed": seed, "device": params.device}
     try:
         if pre_task is not None:
-            pre_task(**bind_arguments("pre_task", pre_task, values))
-        arguments = bind_arguments("task", task, values)
+            pre_task(**bind_arguments("pre_task", pre_task, values, builders))
+        arguments = bind_arguments("task", task, values, builders)
         result = task(
             **{name: on_device(value, params.device) for name, value in arguments.items()}
         )
@@ -169,15 +177,28 @@ def provenance(device: str) -> dict[str, str]:
     }
 
 
-def trial_dataset(seeds: Sequence[int], stacked: dict[str, Output], attrs: dict[str, str]):
-    """Name the axes as mushin's ``to_xarray`` does: ``torch_seed``, then ``<name>_dim<n>``."""
-    import xarray as xr
+@dataclass(frozen=True)
+class Trial:
+    """One trial's results as plain arrays, laid out as in its file: dims ``(torch_seed, ...)``."""
 
-    data_vars, coords = {}, {"torch_seed": np.asarray(seeds, dtype=np.int64)}
+    variables: dict[str, tuple[tuple[str, ...], np.ndarray]]
+    coords: dict[str, np.ndarray]
+    attrs: dict[str, str]
+
+    def to_dataset(self):
+        import xarray as xr
+
+        coords = {dim: (dim, values) for dim, values in self.coords.items()}
+        return xr.Dataset(self.variables, coords=coords, attrs=self.attrs)
+
+
+def layout_trial(seeds: Sequence[int], stacked: dict[str, Output], attrs: dict[str, str]) -> Trial:
+    """Name the axes as mushin's ``to_xarray`` does: ``torch_seed``, then ``<name>_dim<n>``."""
+    variables, coords = {}, {"torch_seed": np.asarray(seeds, dtype=np.int64)}
     for name, output in stacked.items():
         array = output.array
         extra_dims = output.dims or tuple(f"{name}_dim{n}" for n in range(array.ndim - 1))
-        data_vars[name] = (("torch_seed", *extra_dims), array)
+        variables[name] = (("torch_seed", *extra_dims), array)
         for dim, size in zip(extra_dims, array.shape[1:], strict=True):
             if dim in coords and len(coords[dim]) != size:
                 raise DetflowError(
@@ -185,7 +206,7 @@ def trial_dataset(seeds: Sequence[int], stacked: dict[str, Output], attrs: dict[
                     f"give differently sized axes different names"
                 )
             coords[dim] = np.arange(size, dtype=np.int64)
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    return Trial(variables, coords, attrs)
 
 
 def check_configs(params: Params) -> None:
@@ -203,15 +224,21 @@ def check_device(device: str) -> None:
         raise DetflowError(f"device '{device}' is not available on this machine: set device: cpu")
 
 
-def run_trial(params: Params):
-    """Run every seed of one trial and return its dataset, dims ``(torch_seed, ...)``."""
+def compute_trial(params: Params) -> Trial:
+    """Run every seed of one trial: seed, instantiate, run the task, for each seed in turn."""
     check_device(params.device)
     pre_task = import_function("pre_task", params.pre_task) if params.pre_task else None
     task = import_function("task", params.task)
     check_configs(params)
-    outputs = [run_seed(seed, params, pre_task, task) for seed in params.torch_seeds]
+    builders = {key: config_builder(key, v) for key, v in params.values.items() if is_config(v)}
+    outputs = [run_seed(seed, params, pre_task, task, builders) for seed in params.torch_seeds]
     stacked = stack_seeds(params.task, params.torch_seeds, outputs)
-    return trial_dataset(params.torch_seeds, stacked, provenance(params.device))
+    return layout_trial(params.torch_seeds, stacked, provenance(params.device))
+
+
+def run_trial(params: Params):
+    """Run one trial in-process and return it as an ``xarray.Dataset`` (for tests and scripts)."""
+    return compute_trial(params).to_dataset()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -220,11 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="netCDF file to write")
     args = parser.parse_args(argv)
 
-    from detflow.artifact import write_dataset
+    from detflow.artifact import write_arrays
 
-    dataset = run_trial(load_params(args.params))
-    write_dataset(dataset, args.out)
-    print(f"wrote {args.out}: {dict(dataset.sizes)}")
+    trial = compute_trial(load_params(args.params))
+    write_arrays(args.out, trial.variables, trial.coords, trial.attrs)
+    sizes = {dim: len(values) for dim, values in trial.coords.items()}
+    print(f"wrote {args.out}: {sizes}")
     return 0
 
 

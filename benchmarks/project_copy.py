@@ -1,0 +1,87 @@
+"""A throwaway git copy of the project for benchmarks (DVC needs a repository of its own)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = (
+    "dvc.yaml",
+    "params.yaml",
+    ".dvcignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    ".dvc/plots",
+    "src",
+)
+
+
+def environment() -> dict[str, str]:
+    """Stages run `python -m detflow...`: this interpreter's bin comes first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.update(
+        GIT_AUTHOR_NAME="bench",
+        GIT_AUTHOR_EMAIL="bench@example.invalid",
+        GIT_COMMITTER_NAME="bench",
+        GIT_COMMITTER_EMAIL="bench@example.invalid",
+    )
+    return env
+
+
+def make_copy(folder: Path, **params) -> Path:
+    """Copy the project into ``folder``, apply ``params``, and commit it."""
+    for name in PROJECT_FILES:
+        source, target = PROJECT_ROOT / name, folder / name
+        if source.is_dir():
+            shutil.copytree(
+                source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+            )
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    values = yaml.safe_load((folder / "params.yaml").read_text())
+    values.update(params)
+    (folder / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
+        subprocess.run(command, cwd=folder, env=environment(), check=True)
+    return folder
+
+
+def stage_commands(folder: Path) -> dict[str, str]:
+    """Each stage's command as `dvc` would run it, by stage name (task@a, ..., aggregate)."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "dvc", "stage", "list", "--name-only"],
+        cwd=folder,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    values = yaml.safe_load((folder / "params.yaml").read_text())
+    commands = {
+        f"task@{t}": f"python -m detflow.trial --out data/trials/{t}.nc" for t in values["trial_id"]
+    }
+    commands["aggregate"] = "python -m detflow.aggregate"
+    assert set(commands) == set(listing), (commands, listing)
+    return commands
+
+
+def run_measured(command: str, folder: Path) -> tuple[float, float]:
+    """Wall seconds and peak RSS in MiB of one command (and the children it waits for)."""
+    import time
+
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, shell=True, cwd=folder, env=environment(), stdout=subprocess.DEVNULL
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise SystemExit(f"`{command}` failed with exit code {process.returncode}")
+    return time.perf_counter() - started, usage.ru_maxrss / 1024
