@@ -1,4 +1,8 @@
-"""A throwaway git copy of the project for benchmarks (DVC needs a repository of its own)."""
+"""A throwaway git copy of the project (DVC needs a repository of its own).
+
+Shared by the benchmarks and the end-to-end tests (pyproject.toml puts benchmarks/ on
+pytest's pythonpath).
+"""
 
 from __future__ import annotations
 
@@ -26,11 +30,12 @@ def environment() -> dict[str, str]:
     """Stages run `python -m detflow...`: this interpreter's bin comes first on PATH."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.update(
-        GIT_AUTHOR_NAME="bench",
-        GIT_AUTHOR_EMAIL="bench@example.invalid",
-        GIT_COMMITTER_NAME="bench",
-        GIT_COMMITTER_EMAIL="bench@example.invalid",
+        GIT_AUTHOR_NAME="detflow",
+        GIT_AUTHOR_EMAIL="detflow@example.invalid",
+        GIT_COMMITTER_NAME="detflow",
+        GIT_COMMITTER_EMAIL="detflow@example.invalid",
     )
+    env.pop("DETFLOW_VERBOSE", None)  # stages print one-line errors, as users see them
     return env
 
 
@@ -48,7 +53,11 @@ def make_copy(folder: Path, **params) -> Path:
     values = yaml.safe_load((folder / "params.yaml").read_text())
     values.update(params)
     (folder / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "detflow"],
+    ):
         subprocess.run(command, cwd=folder, env=environment(), check=True)
     return folder
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,31 +12,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from project_copy import environment, make_copy
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = [
-    "dvc.yaml",
-    "params.yaml",
-    ".dvcignore",
-    ".dvc/config",
-    ".dvc/.gitignore",
-    ".dvc/plots",
-    "src",
-]
 TRIALS = ("a", "b", "c")
-
-
-def environment() -> dict[str, str]:
-    """Stages run `python -m detflow...`: put this interpreter's bin first on PATH."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.update(
-        GIT_AUTHOR_NAME="detflow",
-        GIT_AUTHOR_EMAIL="detflow@example.invalid",
-        GIT_COMMITTER_NAME="detflow",
-        GIT_COMMITTER_EMAIL="detflow@example.invalid",
-    )
-    env.pop("DETFLOW_VERBOSE", None)
-    return env
 
 
 def sh(repo: Path, *command: str, check: bool = True) -> str:
@@ -75,19 +52,7 @@ def how_to_reference(seed: int) -> np.ndarray:
 @pytest.fixture(scope="session")
 def baseline(tmp_path_factory) -> Path:
     """The project after `git init`, `dvc repro` and a commit: what a user has after setup."""
-    repo = tmp_path_factory.mktemp("baseline") / "project"
-    for name in PROJECT_FILES:
-        source, target = PROJECT_ROOT / name, repo / name
-        if source.is_dir():
-            shutil.copytree(
-                source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-            )
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "project")
+    repo = make_copy(tmp_path_factory.mktemp("baseline") / "project")
     log = dvc(repo, "repro")
     assert all(f"Running stage 'task@{t}'" in log for t in TRIALS)
     assert "Running stage 'aggregate'" in log

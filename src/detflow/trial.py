@@ -31,11 +31,12 @@ RESERVED_NAMES = {"torch_seed", "trial_id"}
 STORABLE_KINDS = "biuf"  # bool, signed and unsigned int, float
 
 
+@dataclass(frozen=True)
 class Output:
     """One returned value as a numpy array, with the names of its axes if the task gave them."""
 
-    def __init__(self, array: np.ndarray, dims: tuple[str, ...] | None):
-        self.array, self.dims = array, dims
+    array: np.ndarray
+    dims: tuple[str, ...] | None
 
     def describe(self) -> str:
         return f"{self.array.dtype}{list(self.array.shape)}" + (
@@ -160,7 +161,10 @@ def provenance(device: str) -> dict[str, str]:
     from detflow.seeding import deterministic_settings
 
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    on_cuda = device.startswith("cuda")
+    if device.startswith("cuda"):
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = platform.processor() or platform.machine()
     return {
         "torch_version": torch.__version__,
         "numpy_version": np.__version__,
@@ -168,9 +172,7 @@ def provenance(device: str) -> dict[str, str]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "device": device,
-        "device_name": torch.cuda.get_device_name(device)
-        if on_cuda
-        else platform.processor() or platform.machine(),
+        "device_name": device_name,
         "cuda_version": str(torch.version.cuda),
         "cudnn_version": str(cudnn),
         **deterministic_settings(),
