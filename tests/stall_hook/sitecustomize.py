@@ -1,8 +1,9 @@
 """Test hook, active only where DETFLOW_TEST_STALL_DIR is set and this folder is on PYTHONPATH.
 
-It makes netCDF writes stop half-way: the file being written is cut to half its size, the
-writer's pid is left in the stall folder, and the process sleeps so a test can SIGKILL it
-mid-write.
+It stops a netCDF write half-way: when a stage is about to rename its finished temporary
+file (``.<name>.nc.<random>.tmp``) into place, the hook cuts that file to half its size,
+leaves the writer's pid in the stall folder, and sleeps, so a test can SIGKILL the stage
+with a partial file on disk.
 """
 
 import os
@@ -12,19 +13,18 @@ STALL_DIR = os.environ.get("DETFLOW_TEST_STALL_DIR")
 if STALL_DIR:
     import time
 
-    import xarray
+    rename_into_place = os.replace
 
-    write_netcdf = xarray.Dataset.to_netcdf
+    def stalled_replace(source, target, *args, **kwargs):
+        name = os.path.basename(os.fspath(source))
+        if name.startswith(".") and name.endswith(".tmp") and os.fspath(target).endswith(".nc"):
+            with open(source, "r+b") as partial:
+                partial.truncate(os.path.getsize(source) // 2)
+            marker = os.path.join(STALL_DIR, f"{os.getpid()}.pid")
+            with open(marker + ".part", "w") as note:
+                note.write(os.fspath(source))
+            rename_into_place(marker + ".part", marker)
+            time.sleep(600)
+        return rename_into_place(source, target, *args, **kwargs)
 
-    def stalled_to_netcdf(self, path=None, *args, **kwargs):
-        write_netcdf(self, path, *args, **kwargs)
-        size = os.path.getsize(path)
-        with open(path, "r+b") as partial:
-            partial.truncate(size // 2)
-        marker = os.path.join(STALL_DIR, f"{os.getpid()}.pid")
-        with open(marker + ".tmp", "w") as note:
-            note.write(str(path))
-        os.replace(marker + ".tmp", marker)
-        time.sleep(600)
-
-    xarray.Dataset.to_netcdf = stalled_to_netcdf
+    os.replace = stalled_replace
