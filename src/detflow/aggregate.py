@@ -26,23 +26,6 @@ REBUILD = "run `dvc repro -f` to rebuild it"
 PLOT_MAX_SEEDS = 10
 PLOT_MAX_POSITIONS = 500
 
-# Trial attrs that describe software, hardware and settings; copied into metrics.json.
-PROVENANCE_KEYS = (
-    "torch_version",
-    "numpy_version",
-    "python_version",
-    "platform",
-    "machine",
-    "device",
-    "device_name",
-    "cuda_version",
-    "cudnn_version",
-    "deterministic_algorithms",
-    "cudnn_benchmark",
-    "cudnn_deterministic",
-    "cublas_workspace_config",
-)
-
 
 def describe(variable: xr.DataArray) -> str:
     return f"{variable.dtype}{list(variable.dims)}{list(variable.shape)}"
@@ -151,8 +134,10 @@ def seed_outputs(result: xr.Dataset, seed: int) -> dict[str, Any]:
     return outputs
 
 
-def build_metrics(result: xr.Dataset, verdict: Verdict) -> dict[str, Any]:
-    """metrics.json: the verdict first, then the evidence behind it."""
+def build_metrics(
+    result: xr.Dataset, verdict: Verdict, provenance: dict[str, Any]
+) -> dict[str, Any]:
+    """metrics.json: the verdict first, then the evidence behind it and where it came from."""
     seeds = {
         str(seed): {
             "deterministic": seed not in verdict.disagreeing_seeds,
@@ -178,7 +163,7 @@ def build_metrics(result: xr.Dataset, verdict: Verdict) -> dict[str, Any]:
         "digest": content_digest(result),
         "mean": means,
         "seeds": seeds,
-        "provenance": {key: result.attrs[key] for key in PROVENANCE_KEYS if key in result.attrs},
+        "provenance": provenance,
         "disagreements": [
             {
                 "torch_seed": d.torch_seed,
@@ -247,9 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    result = combine_trials(load_trials(args.trials, params), fixed_params_attrs(params))
+    trials = load_trials(args.trials, params)
+    # A trial's attrs are its provenance; load_trials has checked that all trials share them.
+    provenance = dict(trials[params.trial_ids[0]].attrs)
+    result = combine_trials(trials, fixed_params_attrs(params))
     verdict = compare_trials(result)
-    metrics = build_metrics(result, verdict)
+    metrics = build_metrics(result, verdict, provenance)
     write_dataset(result, args.out)
     write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")
     write_plots(result, verdict, args.plots)

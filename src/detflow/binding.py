@@ -82,9 +82,9 @@ def instantiate(key: str, config: Mapping[str, Any]) -> Any:
 
 def has_nested_config(value: Any) -> bool:
     """True if a config holds another config anywhere inside it."""
-    children = value.values() if isinstance(value, Mapping) else value
     if not isinstance(value, Mapping | list | tuple):
         return False
+    children = value.values() if isinstance(value, Mapping) else value
     return any(is_config(child) or has_nested_config(child) for child in children)
 
 
