@@ -10,7 +10,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -r requirements.lock -e '.[test,bench,joblib,submitit]'
 	touch $@
 
 run: setup

@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dvc_project import baseline, repo  # noqa: F401  (fixtures for the e2e tests)
@@ -29,3 +30,17 @@ def write_params(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def torch_settings_restored():
+    """Pre-tasks such as seed_everything change torch's global settings, which trial files
+    record as provenance; restore them so that no test sees another test's settings."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    yield
+    torch.use_deterministic_algorithms(saved[0])
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1:]

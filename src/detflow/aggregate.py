@@ -16,7 +16,7 @@ import xarray as xr
 
 from detflow.artifact import read_dataset, write_dataset, write_text
 from detflow.cli import DetflowError, run_main, stage_parser
-from detflow.determinism import Verdict, compare_trials, content_digest, json_number
+from detflow.determinism import Disagreement, Verdict, compare_trials, content_digest, json_number
 from detflow.params import DEFAULT_PARAMS, Params, load_params
 
 REBUILD = "run `dvc repro -f` to rebuild it"
@@ -91,11 +91,16 @@ def load_trials(trials_dir: Path, params: Params) -> dict[str, xr.Dataset]:
     return trials
 
 
+# Not attrs of the result: the swept dims, and how the seeds were run (which never changes
+# the numbers, and is not a dependency of this stage).
+NOT_ATTRS = ("torch_seed", "trial_id", "launcher")
+
+
 def fixed_params_attrs(params: Params) -> dict[str, str | int | float]:
     """Params that are not swept become attrs, as in mushin's ``to_xarray``."""
     attrs: dict[str, str | int | float] = {}
     for key, value in params.values.items():
-        if key in ("torch_seed", "trial_id"):
+        if key in NOT_ATTRS:
             continue
         scalar = isinstance(value, str | int | float) and not isinstance(value, bool)
         attrs[key] = value if scalar else json.dumps(value, sort_keys=True)
@@ -164,17 +169,29 @@ def build_metrics(
         "mean": means,
         "seeds": seeds,
         "provenance": provenance,
-        "disagreements": [
-            {
-                "torch_seed": d.torch_seed,
-                "variable": d.variable,
-                "trial_id": d.trial_id,
-                "index": list(d.index),
-                "max_abs_diff": d.max_abs_diff if np.isfinite(d.max_abs_diff) else "inf",
-            }
-            for d in verdict.disagreements
-        ],
+        "disagreements": disagreement_records(verdict),
     }
+
+
+def disagreement_records(verdict: Verdict) -> list[dict[str, Any]]:
+    """The evidence behind a NOT deterministic verdict, as JSON."""
+    return [
+        {
+            "torch_seed": d.torch_seed,
+            "variable": d.variable,
+            "trial_id": d.trial_id,
+            "index": list(d.index),
+            "max_abs_diff": d.max_abs_diff if np.isfinite(d.max_abs_diff) else "inf",
+        }
+        for d in verdict.disagreements
+    ]
+
+
+def disagreement_line(d: Disagreement) -> str:
+    return (
+        f"  torch_seed {d.torch_seed}: '{d.variable}' first differs in trial {d.trial_id} "
+        f"at index {list(d.index)}; max |diff| {d.max_abs_diff:.9g}"
+    )
 
 
 def plot_seeds(verdict: Verdict) -> list[int]:
@@ -214,11 +231,7 @@ def summary(result: xr.Dataset, verdict: Verdict) -> str:
         f"NOT deterministic: trials disagree for torch_seed "
         f"{', '.join(map(str, verdict.disagreeing_seeds))}"
     ]
-    for d in verdict.disagreements:
-        lines.append(
-            f"  torch_seed {d.torch_seed}: '{d.variable}' first differs in trial {d.trial_id} "
-            f"at index {list(d.index)}; max |diff| {d.max_abs_diff:.9g}"
-        )
+    lines.extend(disagreement_line(d) for d in verdict.disagreements)
     return "\n".join(lines)
 
 

@@ -22,6 +22,9 @@ TRIAL_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
+# A config name in Hydra's hydra/launcher group, e.g. joblib or submitit_slurm.
+LAUNCHER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
 REQUIRED_KEYS = ("torch_seed", "trial_id", "pre_task", "task")
 CONFIG_KEYS = ("module", "data")  # Hydra configs the how-to's task is built from
 
@@ -33,6 +36,14 @@ TRAIN_OPTIONS = {
     "num_workers": (int, 0),
     "n_samples": (int, 1),
 }
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """A Hydra launcher plugin (e.g. ``joblib``) and its options (``hydra.launcher.<option>``)."""
+
+    name: str
+    options: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class Params:
     device: str
     strict: bool
     values: Mapping[str, Any] = field(repr=False)
+    launcher: Launcher | None = None
 
 
 def load_params(path: Path = DEFAULT_PARAMS) -> Params:
@@ -94,6 +106,7 @@ def parse_params(values: Any, source: str = "params.yaml") -> Params:
         device=check_device(values.get("device", "cpu")),
         strict=check_flag("strict", values.get("strict", False)),
         values=values,
+        launcher=check_launcher(values.get("launcher")),
     )
     for key in CONFIG_KEYS:
         if key in values:
@@ -173,6 +186,30 @@ def check_flag(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise DetflowError(f"{key} {value!r} is not a boolean: use true or false")
     return value
+
+
+def check_launcher(value: Any) -> Launcher | None:
+    """null, a launcher's name, or a mapping with ``name`` and that launcher's options.
+
+    Whether the plugin is installed, and accepts the options, is checked when it is used.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise DetflowError(
+            f"launcher {value!r} is not a launcher: use null, a Hydra launcher's name "
+            f"(e.g. joblib), or {{name: joblib, n_jobs: 2}}"
+        )
+    options = dict(value)
+    name = options.pop("name", None)
+    if not isinstance(name, str) or not LAUNCHER_NAME.fullmatch(name):
+        raise DetflowError(
+            f"launcher.name {name!r} is not a Hydra launcher's name: use e.g. joblib, "
+            f"submitit_local or submitit_slurm"
+        )
+    return Launcher(name, options)
 
 
 def check_hydra_config(key: str, value: Any) -> None:

@@ -32,5 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``detflow-show`` entry point."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

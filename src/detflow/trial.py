@@ -6,8 +6,10 @@ that compute the same numbers produce byte-identical files and DVC's md5s agree.
 
 from __future__ import annotations
 
+import functools
 import platform
 import re
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,21 +228,37 @@ def check_device(device: str) -> None:
         raise DetflowError(f"device '{device}' is not available on this machine: set device: cpu")
 
 
-def compute_trial(params: Params) -> Trial:
-    """Run every seed of one trial: seed, instantiate, run the task, for each seed in turn."""
+def seed_runner(params: Params) -> Callable[[int], dict[str, Output]]:
+    """Check and import what params name, once; return the per-seed function (seed, build, run)."""
     check_device(params.device)
     pre_task = import_function("pre_task", params.pre_task) if params.pre_task else None
     task = import_function("task", params.task)
     check_configs(params)
     builders = {key: config_builder(key, v) for key, v in params.values.items() if is_config(v)}
-    outputs = [run_seed(seed, params, pre_task, task, builders) for seed in params.torch_seeds]
+    return functools.partial(
+        run_seed, params=params, pre_task=pre_task, task=task, builders=builders
+    )
+
+
+def compute_trial(params: Params, params_file: Path = DEFAULT_PARAMS, out: Path | None = None):
+    """Run every seed of one trial, in this process or as jobs of ``params.launcher``."""
+    run = seed_runner(params)  # fails here, before any job starts, on a bad config
+    if params.launcher is None:
+        outputs = [run(seed) for seed in params.torch_seeds]
+        attrs = provenance(params.device)
+    else:
+        from detflow.launch import launch_seeds
+
+        # Beside the output, where cluster jobs can see it too.
+        work_dir = out.parent if out is not None else Path(tempfile.gettempdir())
+        outputs, attrs = launch_seeds(params, params_file, work_dir)
     stacked = stack_seeds(params.task, params.torch_seeds, outputs)
-    return layout_trial(params.torch_seeds, stacked, provenance(params.device))
+    return layout_trial(params.torch_seeds, stacked, attrs)
 
 
-def run_trial(params: Params):
-    """Run one trial in-process and return it as an ``xarray.Dataset`` (for tests and scripts)."""
-    return compute_trial(params).to_dataset()
+def run_trial(params: Params, params_file: Path = DEFAULT_PARAMS):
+    """Run one trial and return it as an ``xarray.Dataset`` (for tests and scripts)."""
+    return compute_trial(params, params_file).to_dataset()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from detflow.artifact import write_arrays
 
-    trial = compute_trial(load_params(args.params))
+    trial = compute_trial(load_params(args.params), args.params, args.out)
     write_arrays(args.out, trial.variables, trial.coords, trial.attrs)
     sizes = {dim: len(values) for dim, values in trial.coords.items()}
     print(f"wrote {args.out}: {sizes}")

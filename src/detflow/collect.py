@@ -1,0 +1,458 @@
+"""`python -m detflow.collect`: merge experiments' results along torch_seed, verifying repeats.
+
+Large sweeps are split into DVC experiments (a queue on one machine, or several machines
+sharing a git and a DVC remote). This reads each experiment's ``data/result.nc`` through
+DVC's API, without checking any experiment out, and writes one ``data/collected.nc`` with
+dims ``(torch_seed, trial_id, ...)``. A seed that ran in more than one experiment is
+compared bit for bit, so cross-run and cross-machine determinism is checked, not assumed.
+Experiments whose configs differ in anything but the seeds are never mixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from detflow.artifact import read_dataset_bytes, write_dataset, write_text
+from detflow.cli import DetflowError, one_line, run_main, stage_parser
+from detflow.determinism import Verdict, compare_trials, content_digest
+from detflow.params import DEFAULT_PARAMS, Params, load_params, parse_params
+
+RESULT = "data/result.nc"
+# Params that may differ between experiments that are merged: the seeds themselves, how
+# they were run, and whether a disagreement fails the stage.
+FREE_PARAMS = ("torch_seed", "launcher", "strict")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment's (or git rev's) params and result, read without a checkout."""
+
+    name: str
+    rev: str
+    params: Params
+    result: xr.Dataset
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.rev[:7]})"
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested params as dotted keys, e.g. ``module.out_features``, the names users type."""
+    if isinstance(values, Mapping) and values:
+        flat: dict[str, Any] = {}
+        for key, value in values.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): values}
+
+
+def config_of(params: Params) -> dict[str, Any]:
+    """What must be equal for two experiments' numbers to be comparable."""
+    fixed = {key: value for key, value in params.values.items() if key not in FREE_PARAMS}
+    return flatten(fixed)
+
+
+def config_key(params: Params) -> str:
+    """A short, stable name for a config: the start of its sha256."""
+    text = json.dumps(config_of(params), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def config_differences(first: Params, other: Params) -> list[str]:
+    """The dotted params whose values differ, e.g. ``['module.out_features']``."""
+    a, b = config_of(first), config_of(other)
+    return sorted(key for key in a.keys() | b.keys() if a.get(key, None) != b.get(key, None))
+
+
+def group_by_config(experiments: Sequence[Experiment]) -> dict[str, list[Experiment]]:
+    groups: dict[str, list[Experiment]] = {}
+    for experiment in experiments:
+        groups.setdefault(config_key(experiment.params), []).append(experiment)
+    return groups
+
+
+def group_differences(groups: Mapping[str, Sequence[Experiment]]) -> dict[str, str]:
+    """For each config group, the values of the params that tell the groups apart."""
+    configs = {key: config_of(members[0].params) for key, members in groups.items()}
+    names = sorted({name for config in configs.values() for name in config})
+
+    def rendered(config: dict[str, Any], name: str) -> str:
+        return json.dumps(config.get(name, "<unset>"), sort_keys=True, default=str)
+
+    varying = [n for n in names if len({rendered(c, n) for c in configs.values()}) > 1]
+    return {
+        key: ", ".join(f"{name}={config.get(name)!r}" for name in varying) or "the only config"
+        for key, config in configs.items()
+    }
+
+
+def check_one_config(experiments: Sequence[Experiment]) -> None:
+    """Refuse to mix experiments whose configs differ in anything but the free params."""
+    first = experiments[0]
+    for other in experiments[1:]:
+        differing = config_differences(first.params, other.params)
+        if differing:
+            theirs, ours = config_of(other.params), config_of(first.params)
+            shown = ", ".join(
+                f"{key}={theirs.get(key)!r} vs {ours.get(key)!r}" for key in differing[:3]
+            )
+            raise DetflowError(
+                f"experiments {other.label} and {first.label} differ in {shown}: collect "
+                f"experiments of one config (name them), or pass --group-by-config"
+            )
+
+
+# ---------------------------------------------------------------------------- merging
+
+
+def check_result(experiment: Experiment) -> None:
+    """A result must have the aggregate's layout: ``(torch_seed, trial_id, ...)``."""
+    result = experiment.result
+    for dim in ("torch_seed", "trial_id"):
+        if dim not in result.coords:
+            raise DetflowError(
+                f"{RESULT} of {experiment.label} has no {dim} coordinate: "
+                f"it was not made by detflow's aggregate stage; rerun that experiment"
+            )
+    for name, variable in result.data_vars.items():
+        if variable.dims[:2] != ("torch_seed", "trial_id"):
+            raise DetflowError(
+                f"{RESULT} of {experiment.label}: '{name}' has dims {list(variable.dims)}, "
+                f"not (torch_seed, trial_id, ...): rerun that experiment"
+            )
+
+
+def layout(result: xr.Dataset) -> dict[str, str]:
+    """Each variable's dtype, dims and shape past the seed axis."""
+    return {
+        str(name): f"{variable.dtype}{list(variable.dims[1:])}{list(variable.shape[1:])}"
+        for name, variable in result.data_vars.items()
+    }
+
+
+def check_same_layout(experiments: Sequence[Experiment]) -> None:
+    first = experiments[0]
+    for other in experiments[1:]:
+        if layout(other.result) != layout(first.result):
+            raise DetflowError(
+                f"{RESULT} of {other.label} holds {layout(other.result)} but that of "
+                f"{first.label} holds {layout(first.result)}: rerun both on the same code"
+            )
+
+
+def seed_sources(experiments: Sequence[Experiment]) -> dict[int, list[Experiment]]:
+    """Every seed, in order, with the experiments that ran it (first one first)."""
+    sources: dict[int, list[Experiment]] = {}
+    for experiment in experiments:
+        for seed in experiment.result["torch_seed"].values:
+            sources.setdefault(int(seed), []).append(experiment)
+    return dict(sorted(sources.items()))
+
+
+def relabelled(experiment: Experiment, seeds: Sequence[int]) -> xr.Dataset:
+    """The experiment's trials of ``seeds``, labelled ``<experiment>/<trial_id>``."""
+    part = experiment.result.sel(torch_seed=list(seeds))
+    labels = [f"{experiment.name}/{trial}" for trial in part["trial_id"].values]
+    return part.assign_coords(trial_id=np.array(labels, dtype=str))
+
+
+def verify(sources: Mapping[int, Sequence[Experiment]]) -> Verdict:
+    """Compare every copy of every seed (each trial, in each experiment) with its first.
+
+    Seeds that ran in the same experiments are compared together: their copies stack into
+    one ``(torch_seed, trial_id, ...)`` dataset whose trial labels name the experiment, and
+    the aggregate's own comparison reports the first that differs.
+    """
+    by_experiments: dict[tuple[str, ...], list[int]] = {}
+    for seed, experiments in sources.items():
+        by_experiments.setdefault(tuple(e.rev for e in experiments), []).append(seed)
+    max_abs: dict[int, float] = {}
+    disagreements = []
+    for seeds in by_experiments.values():
+        copies = [relabelled(experiment, seeds) for experiment in sources[seeds[0]]]
+        stacked = xr.concat(copies, dim="trial_id", join="exact", combine_attrs="drop")
+        verdict = compare_trials(stacked)
+        max_abs.update(verdict.max_abs_diff_by_seed)
+        disagreements.extend(verdict.disagreements)
+    disagreements.sort(key=lambda d: d.torch_seed)
+    return Verdict(tuple(sources), dict(sorted(max_abs.items())), tuple(disagreements))
+
+
+def merge(sources: Mapping[int, Sequence[Experiment]]) -> xr.Dataset:
+    """One dataset over all seeds, each taken from its first experiment; the others are
+    recorded per seed in the ``experiments`` and ``revs`` coordinates."""
+    first_of: dict[str, tuple[Experiment, list[int]]] = {}
+    for seed, experiments in sources.items():
+        first_of.setdefault(experiments[0].rev, (experiments[0], []))[1].append(seed)
+    parts = [experiment.result.sel(torch_seed=seeds) for experiment, seeds in first_of.values()]
+    merged = xr.concat(
+        parts,
+        dim="torch_seed",
+        data_vars="all",
+        coords="different",
+        compat="identical",
+        join="exact",
+        # Provenance that differs between machines is dropped; the per-seed sources remain.
+        combine_attrs="drop_conflicts",
+    ).sortby("torch_seed")
+    names = [",".join(e.name for e in experiments) for experiments in sources.values()]
+    revs = [",".join(e.rev for e in experiments) for experiments in sources.values()]
+    return merged.assign_coords(
+        experiments=("torch_seed", np.array(names, dtype=str)),
+        revs=("torch_seed", np.array(revs, dtype=str)),
+    )
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+def format_seeds(seeds: Iterable[int]) -> str:
+    """``0..49, 60, 62..63``: runs of consecutive seeds, so big sweeps fit on a line."""
+    runs: list[list[int]] = []
+    for seed in sorted(seeds):
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}..{run[-1]}" for run in runs)
+
+
+def report(
+    collected: xr.Dataset,
+    verdict: Verdict,
+    sources: Mapping[int, Sequence[Experiment]],
+    experiments: Sequence[Experiment],
+) -> dict[str, Any]:
+    """The JSON report written next to the collected file."""
+    from detflow.aggregate import disagreement_records
+
+    repeated = [seed for seed, found in sources.items() if len(found) > 1]
+    return {
+        "deterministic": verdict.deterministic,
+        "disagreeing_seeds": ",".join(map(str, verdict.disagreeing_seeds)),
+        "n_torch_seeds": collected.sizes["torch_seed"],
+        "n_trials": collected.sizes["trial_id"],
+        "n_experiments": len(experiments),
+        "cross_checked_seeds": repeated,
+        "digest": content_digest(collected.drop_vars(["experiments", "revs"])),
+        "experiments": {
+            experiment.name: {
+                "rev": experiment.rev,
+                "torch_seed": [int(s) for s in experiment.result["torch_seed"].values],
+            }
+            for experiment in experiments
+        },
+        "disagreements": disagreement_records(verdict),
+    }
+
+
+def summary(
+    out: Path,
+    collected: xr.Dataset,
+    verdict: Verdict,
+    sources: Mapping[int, Sequence[Experiment]],
+    experiments: Sequence[Experiment],
+) -> str:
+    from detflow.aggregate import disagreement_line
+
+    sizes = ", ".join(f"{dim}: {size}" for dim, size in collected.sizes.items())
+    count = f"{len(experiments)} experiment{'s' if len(experiments) != 1 else ''}"
+    lines = [f"collected {count} into {out} ({sizes})"]
+    for experiment in experiments:
+        seeds = format_seeds(int(s) for s in experiment.result["torch_seed"].values)
+        lines.append(f"  {experiment.label}: torch_seed {seeds}")
+    repeated = [seed for seed, found in sources.items() if len(found) > 1]
+    if repeated:
+        lines.append(f"torch_seed {format_seeds(repeated)} ran in more than one experiment")
+    if verdict.deterministic:
+        across = " and across experiments" if repeated else ""
+        lines.append(f"deterministic: every trial agrees bitwise within each seed{across}")
+    else:
+        seeds = format_seeds(verdict.disagreeing_seeds)
+        lines.append(f"NOT deterministic: copies disagree for torch_seed {seeds}")
+        lines.extend(disagreement_line(d) for d in verdict.disagreements)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def resolve_revs(repo, names: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, commit) for each experiment name or git rev; all of HEAD's experiments if none."""
+    if not names:
+        found = [exp for exps in repo.experiments.ls().values() for exp in exps]
+        if not found:
+            raise DetflowError(
+                "the current commit has no experiments: run `dvc exp run` or "
+                "`dvc exp pull <git remote> <name>` first, or name the revs to collect"
+            )
+        return [(name, rev) for name, rev in found if rev is not None]
+    by_name: dict[str, list[str]] = {}
+    for exps in repo.experiments.ls(all_commits=True).values():
+        for name, rev in exps:
+            by_name.setdefault(name, []).append(rev)
+    resolved = []
+    for name in names:
+        if len(by_name.get(name, [])) == 1:
+            resolved.append((name, by_name[name][0]))
+            continue
+        try:
+            resolved.append((name, repo.scm.resolve_rev(name)))
+        except Exception as error:
+            raise DetflowError(
+                f"'{name}' is neither an experiment nor a git rev ({one_line(error)}): "
+                f"see `dvc exp list`"
+            ) from error
+    return resolved
+
+
+def read_experiment(root: str, name: str, rev: str, result_path: str) -> Experiment:
+    """Read params.yaml and the result at ``rev`` through DVC, fetching from its remote."""
+    from dvc.fs import DVCFileSystem
+
+    label = f"{name} ({rev[:7]})"
+    fs = DVCFileSystem(url=root, rev=rev)
+    try:
+        params_values = yaml_load(fs.read_text("params.yaml"), f"params.yaml of {label}")
+        data = fs.read_bytes(result_path)
+    except FileNotFoundError:
+        raise DetflowError(
+            f"{label} has no {result_path}: run `dvc exp pull <git remote> {name}`, or leave it out"
+        ) from None
+    except Exception as error:
+        raise DetflowError(
+            f"cannot read {result_path} of {label} ({one_line(error)}): "
+            f"`dvc exp pull <git remote> {name}` fetches it from the DVC remote"
+        ) from error
+    params = parse_params(params_values, source=f"params.yaml of {label}")
+    result = read_dataset_bytes(data, f"{result_path} of {label}")
+    return Experiment(name, rev, params, result)
+
+
+def yaml_load(text: str, source: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise DetflowError(f"{source} is not valid YAML: fix it in that experiment") from None
+
+
+def read_experiments(revs: Sequence[tuple[str, str]], result_path: str) -> list[Experiment]:
+    from dvc.repo import Repo
+    from tqdm import tqdm
+
+    root = Repo.find_root()
+    experiments = []
+    with tqdm(revs, desc="reading experiments", unit="exp", file=sys.stderr) as progress:
+        for name, rev in progress:
+            experiments.append(read_experiment(root, name, rev, result_path))
+    return experiments
+
+
+# ---------------------------------------------------------------------------- command
+
+
+def group_path(path: Path, key: str) -> Path:
+    return path.with_name(f"{path.stem}-{key}{path.suffix}")
+
+
+def collect_group(
+    experiments: Sequence[Experiment], out: Path, report_path: Path
+) -> tuple[xr.Dataset, Verdict]:
+    """Merge one config's experiments, write the result and the report, print the summary."""
+    for experiment in experiments:
+        check_result(experiment)
+    check_same_layout(experiments)
+    sources = seed_sources(experiments)
+    verdict = verify(sources)
+    collected = merge(sources)
+    write_dataset(collected, out)
+    write_text(
+        report_path, json.dumps(report(collected, verdict, sources, experiments), indent=2) + "\n"
+    )
+    print(summary(out, collected, verdict, sources, experiments))
+    return collected, verdict
+
+
+def strict_default(params_path: Path) -> bool:
+    """The workspace's ``strict`` param, if the workspace has a readable params.yaml."""
+    try:
+        return load_params(params_path).strict
+    except DetflowError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = stage_parser(__doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument(
+        "revs", nargs="*", help="experiment names or git revs (default: HEAD's experiments)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("data/collected.nc"))
+    parser.add_argument(
+        "--report", type=Path, default=None, help="JSON report (default: OUT with .json)"
+    )
+    parser.add_argument("--result", default=RESULT, help="each experiment's result file")
+    parser.add_argument(
+        "--group-by-config",
+        action="store_true",
+        help="write one file per config, OUT-<config key>.nc, instead of refusing mixed configs",
+    )
+    parser.add_argument(
+        "--strict",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="exit 1 if any copies disagree (default: the workspace's strict param)",
+    )
+    args = parser.parse_args(argv)
+    report_path = args.report or args.out.with_suffix(".json")
+    strict = args.strict if args.strict is not None else strict_default(DEFAULT_PARAMS)
+
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        revs = resolve_revs(repo, args.revs)
+    experiments = read_experiments(revs, args.result)
+    if args.group_by_config:
+        groups = group_by_config(experiments)
+        distinguishing = group_differences(groups)
+        verdicts = {}
+        for key, members in groups.items():
+            print(f"config {key} ({distinguishing[key]}):")
+            _, verdicts[key] = collect_group(
+                members, group_path(args.out, key), group_path(report_path, key)
+            )
+        failed = [key for key, verdict in verdicts.items() if not verdict.deterministic]
+    else:
+        check_one_config(experiments)
+        _, verdict = collect_group(experiments, args.out, report_path)
+        failed = [] if verdict.deterministic else ["all"]
+    if strict and failed:
+        raise DetflowError(
+            f"strict: copies of a seed disagree (details in {report_path}); make the task "
+            f"deterministic, or pass --no-strict to record without failing"
+        )
+    return 0
+
+
+def cli() -> None:
+    """The ``detflow-collect`` entry point."""
+    run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

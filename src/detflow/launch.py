@@ -1,0 +1,159 @@
+"""Dispatch a trial's seeds through a Hydra launcher plugin: one Hydra job per seed.
+
+detflow builds no scheduler of its own. With ``launcher: joblib`` (or ``submitit_slurm``,
+``ray``, ...) in params.yaml, the trial stage composes a one-key Hydra config
+(``torch_seed``), sweeps it over the seeds with ``hydra/launcher=<name>``, waits, and
+stacks what the jobs return exactly as the in-process loop does. Each job re-reads the
+same params file and runs the same per-seed function, so the artifact is the same bytes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from detflow.cli import DetflowError, one_line
+from detflow.params import Launcher, Params, load_params
+
+JOB_CONFIG_NAME = "detflow_seed_job"
+
+# pip extras that provide the launchers detflow is tested with.
+EXTRAS = {"joblib": "detflow[joblib]", "submitit_local": "detflow[submitit]"}
+EXTRAS["submitit_slurm"] = EXTRAS["submitit_local"]
+
+
+def seed_job(config: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """One Hydra job: run one seed as the in-process loop would; return outputs and provenance.
+
+    Module-level, so that launchers that pickle the task function (joblib, submitit) can.
+    """
+    from detflow.trial import provenance, seed_runner
+
+    params = load_params(Path(config.params_file))
+    outputs = seed_runner(params)(int(config.torch_seed))
+    return outputs, provenance(params.device)
+
+
+def job_config(launcher: Launcher, params_file: Path, sweep_dir: Path) -> dict[str, Any]:
+    """The primary config of every job: the launcher, its options, and where Hydra may write."""
+    return {
+        "defaults": [
+            {"override hydra/launcher": launcher.name},
+            # detflow prints its own one-line messages; Hydra adds no log files.
+            {"override hydra/job_logging": "none"},
+            {"override hydra/hydra_logging": "none"},
+            "_self_",
+        ],
+        "torch_seed": 0,
+        "params_file": str(params_file.resolve()),
+        "hydra": {
+            "launcher": dict(launcher.options),
+            "sweep": {"dir": str(sweep_dir), "subdir": "${hydra.job.num}"},
+            "output_subdir": None,
+            "job": {"chdir": False},
+        },
+    }
+
+
+def installed_launchers() -> list[str]:
+    """The names in Hydra's hydra/launcher group (plugins register on first use)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    return sorted(GlobalHydra.instance().config_loader().get_group_options("hydra/launcher"))
+
+
+def composition_error(launcher: Launcher, error: Exception) -> DetflowError:
+    """Turn Hydra's complaint about the launcher into a message that names the fix."""
+    names = installed_launchers()
+    if launcher.name not in names:
+        extra = EXTRAS.get(launcher.name)
+        install = f"pip install '{extra}'" if extra else "install the Hydra plugin that provides it"
+        return DetflowError(
+            f"launcher '{launcher.name}' is not an installed Hydra launcher "
+            f"(installed: {', '.join(names)}): {install}, or set launcher: null"
+        )
+    return DetflowError(
+        f"launcher '{launcher.name}' rejected its options {dict(launcher.options)} "
+        f"({one_line(error)}): fix them under launcher: in params.yaml"
+    )
+
+
+def run_jobs(launcher: Launcher, seeds: Sequence[int], params_file: Path, sweep_dir: Path):
+    """Sweep ``torch_seed`` over ``seeds`` through the launcher; return Hydra's JobReturns."""
+    from hydra import initialize
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+
+    ConfigStore.instance().store(
+        name=JOB_CONFIG_NAME, node=job_config(launcher, params_file, sweep_dir)
+    )
+    with initialize(version_base="1.3", config_path=None):
+        hydra = GlobalHydra.instance().hydra
+        try:
+            hydra.compose_config(JOB_CONFIG_NAME, overrides=[], run_mode=RunMode.MULTIRUN)
+        except HydraException as error:
+            raise composition_error(launcher, error) from error
+        batches = hydra.multirun(
+            config_name=JOB_CONFIG_NAME,
+            task_function=seed_job,
+            overrides=[f"torch_seed={','.join(map(str, seeds))}"],
+            with_log_configuration=False,
+        )
+    return [job for batch in batches for job in batch]
+
+
+def collect_returns(
+    params: Params, seeds: Sequence[int], jobs: Sequence[Any]
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Each seed's outputs, in the order of ``seeds``, and the provenance all jobs share."""
+    by_seed: dict[int, tuple[dict[str, Any], dict[str, str]]] = {}
+    for job in jobs:
+        seed = int(job.cfg.torch_seed)
+        try:
+            by_seed[seed] = job.return_value  # re-raises the job's own exception
+        except DetflowError:
+            raise
+        except Exception as error:
+            raise DetflowError(
+                f"launcher '{params.launcher.name}' job for torch_seed {seed} failed: "
+                f"{one_line(error)}"
+            ) from error
+    missing = [seed for seed in seeds if seed not in by_seed]
+    if missing:
+        raise DetflowError(
+            f"launcher '{params.launcher.name}' returned no result for torch_seed {missing[0]}: "
+            f"check the launcher's options, or set launcher: null"
+        )
+    first = by_seed[seeds[0]][1]
+    for seed in seeds[1:]:
+        other = by_seed[seed][1]
+        changed = sorted(key for key in first if first[key] != other.get(key))
+        if changed:
+            key = changed[0]
+            raise DetflowError(
+                f"launcher '{params.launcher.name}' ran torch_seed {seed} with "
+                f"{key}={other.get(key)!r} but torch_seed {seeds[0]} with {first[key]!r}: "
+                f"one trial must run on one kind of machine; pin the launcher's options"
+            )
+    # The in-process loop records the settings in force after its last seed; so does this.
+    return [by_seed[seed][0] for seed in seeds], by_seed[seeds[-1]][1]
+
+
+def launch_seeds(
+    params: Params, params_file: Path, work_dir: Path
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Run every seed as a job of ``params.launcher``; Hydra's own files go in a temporary
+    folder inside ``work_dir``, removed afterwards."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # `*.tmp` keeps DVC from hashing it when it sits among the trial files.
+    sweep_dir = Path(tempfile.mkdtemp(dir=work_dir, prefix=".detflow-launch-", suffix=".tmp"))
+    try:
+        jobs = run_jobs(params.launcher, params.torch_seeds, params_file, sweep_dir)
+        return collect_returns(params, params.torch_seeds, jobs)
+    finally:
+        shutil.rmtree(sweep_dir, ignore_errors=True)
