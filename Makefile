@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test lint bench scale
+.PHONY: setup run test lint bench scale slurm
 setup: $(VENV)/.installed
 
 # Installs the exact versions in requirements.lock (torch 2.13.0 CPU on this platform).
@@ -32,3 +32,8 @@ bench: setup
 # torch_seed 0..999 x 4 trials: stage times, peak memory, result shape (about 1 minute).
 scale: setup
 	python benchmarks/scale.py
+
+# Optional, as root on Debian: the Slurm daemons that tests/test_launch.py starts as a
+# one-node cluster to test the submitit_slurm launcher (skipped without them).
+slurm:
+	apt-get install -y -q --no-install-recommends slurm-wlm munge

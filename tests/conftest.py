@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from dvc_project import baseline, repo  # noqa: F401  (fixtures for the e2e tests)
+from slurm_cluster import slurm  # noqa: F401  (fixture for the submitit_slurm test)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,33 @@ def sh(repo: Path, *command: str, check: bool = True) -> str:
 
 def dvc(repo: Path, *args: str, check: bool = True) -> str:
     return sh(repo, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def start_queue(repo: Path, *args: str) -> None:
+    """`dvc queue start`: its workers outlive it, so their output must not go to a pipe that
+    this test would wait on."""
+    command = [sys.executable, "-m", "dvc", "queue", "start", *args]
+    done = subprocess.run(command, cwd=repo, env=environment(), stdout=subprocess.DEVNULL)
+    assert done.returncode == 0, f"{' '.join(command)} failed"
+
+
+def wait_for_queue(repo: Path, timeout: float = 900) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; then stop the workers.
+
+    With several workers, DVC 3.67 can leave one idle after the queue is empty (it logs
+    "shutting down due to empty queue" and keeps running), so leftovers are terminated.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        status = dvc(repo, "queue", "status")
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.monotonic() < deadline, f"the queue did not finish:\n{status}"
+        time.sleep(3)
+    for pid_file in (repo / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.pid"):
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    return status
 
 
 def lock_md5s(repo: Path) -> dict[str, str]:

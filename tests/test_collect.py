@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 
 import numpy as np
 import pytest
 import xarray as xr
 
+from detflow.artifact import read_dataset
 from detflow.cli import DetflowError
 from detflow.collect import (
     Experiment,
@@ -151,3 +153,42 @@ def test_results_of_different_layouts_are_refused(project_params):
 )
 def test_format_seeds_shows_runs(seeds, text):
     assert format_seeds(seeds) == text
+
+
+@pytest.fixture
+def collect_from(monkeypatch, tmp_path):
+    """Run the collect command on given experiments, as if DVC had read them."""
+    import detflow.collect
+
+    def run(experiments: list[Experiment], *args: str) -> int:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(detflow.collect, "find_revs", lambda names: names)
+        monkeypatch.setattr(detflow.collect, "read_experiments", lambda revs, path: experiments)
+        return detflow.collect.main(list(args))
+
+    return run
+
+
+def test_collect_writes_result_and_report(project_params, collect_from, tmp_path, capsys):
+    assert collect_from([experiment("m1", project_params, [0, 1])]) == 0
+    collected = read_dataset(tmp_path / "data/collected.nc")
+    assert collected["out"].shape == (2, 3, 1)
+    report = json.loads((tmp_path / "data/collected.json").read_text())
+    assert report["deterministic"] is True
+    assert report["experiments"]["m1"]["torch_seed"] == [0, 1]
+    assert "collected 1 experiment into data/collected.nc" in capsys.readouterr().out
+
+
+def test_strict_fails_after_writing_the_evidence(project_params, collect_from, tmp_path, capsys):
+    machines = [
+        experiment("m1", project_params, [0, 1]),
+        experiment("m2", project_params, [1], tweak={(1, "a"): 0.25}),
+    ]
+    with pytest.raises(DetflowError, match="strict: copies of a seed disagree"):
+        collect_from(machines, "--strict")
+    out = capsys.readouterr().out
+    assert "NOT deterministic: copies disagree for torch_seed 1" in out
+    assert "torch_seed 1: 'out' first differs in trial m2/a at index [0]" in out
+    report = json.loads((tmp_path / "data/collected.json").read_text())
+    assert report["disagreements"][0]["trial_id"] == "m2/a"
+    assert collect_from(machines, "--no-strict") == 0

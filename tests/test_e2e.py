@@ -5,12 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 
 import pytest
 
 from detflow.artifact import read_dataset
-from dvc_project import TRIALS, dvc, how_to_reference, lock_md5s, metrics
+from dvc_project import (
+    TRIALS,
+    dvc,
+    how_to_reference,
+    lock_md5s,
+    metrics,
+    start_queue,
+    wait_for_queue,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -63,13 +70,8 @@ def test_exp_run_three_seeds_gives_a_3x3x1_result(repo):
 
 def test_queued_sweep_lists_three_successful_experiments(repo):
     dvc(repo, "exp", "run", "--queue", "-S", "torch_seed=0,1,2")
-    dvc(repo, "queue", "start")
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = dvc(repo, "queue", "status")
-        if not any(word in status for word in ("Queued", "Running")):
-            break
-        time.sleep(3)
+    start_queue(repo)
+    status = wait_for_queue(repo)
     rows = list(csv.DictReader(io.StringIO(dvc(repo, "exp", "show", "--csv"))))
     experiments = [row for row in rows if row["typ"] != "baseline"]
     assert [row["State"] for row in experiments] == ["Success"] * 3, status

@@ -131,3 +131,18 @@ def test_unknown_launcher_option_is_named(project_params, write_params, tmp_path
         DetflowError, match=r"launcher 'joblib' rejected its options \{'n_job': 2\}.*n_job"
     ):
         write_trial(write_params, project_params, tmp_path / "a.nc")
+
+
+@pytest.mark.slurm
+def test_submitit_slurm_on_a_one_node_cluster(
+    slurm, monkeypatch, project_params, write_params, tmp_path
+):
+    """Real sbatch jobs on a Slurm started for this test (see tests/slurm_cluster.py)."""
+    plugin("hydra_submitit_launcher")
+    monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])
+    project_params.update(pre_task="detflow.seeding.seed_everything", torch_seed=[0, 1, 2])
+    in_process = write_trial(write_params, project_params, tmp_path / "in_process" / "a.nc")
+    project_params["launcher"] = {"name": "submitit_slurm", "partition": "detflow"}
+    launched = write_trial(write_params, project_params, tmp_path / "launched" / "a.nc")
+    assert launched == in_process
+    assert [path.name for path in (tmp_path / "launched").iterdir()] == ["a.nc"]

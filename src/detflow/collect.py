@@ -320,6 +320,13 @@ def resolve_revs(repo, names: Sequence[str]) -> list[tuple[str, str]]:
     return resolved
 
 
+def find_revs(names: Sequence[str]) -> list[tuple[str, str]]:
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        return resolve_revs(repo, names)
+
+
 def read_experiment(root: str, name: str, rev: str, result_path: str) -> Experiment:
     """Read params.yaml and the result at ``rev`` through DVC, fetching from its remote."""
     from dvc.fs import DVCFileSystem
@@ -422,11 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_path = args.report or args.out.with_suffix(".json")
     strict = args.strict if args.strict is not None else strict_default(DEFAULT_PARAMS)
 
-    from dvc.repo import Repo
-
-    with Repo() as repo:
-        revs = resolve_revs(repo, args.revs)
-    experiments = read_experiments(revs, args.result)
+    experiments = read_experiments(find_revs(args.revs), args.result)
     if args.group_by_config:
         groups = group_by_config(experiments)
         distinguishing = group_differences(groups)

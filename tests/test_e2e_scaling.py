@@ -1,0 +1,133 @@
+"""README "Scaling out", exactly as written: launchers, the queue, several machines, collect."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from project_copy import environment
+
+from detflow.artifact import read_dataset
+from dvc_project import (
+    TRIALS,
+    dvc,
+    how_to_reference,
+    lock_md5s,
+    sh,
+    start_queue,
+    wait_for_queue,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def collect(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "-m", "detflow.collect", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=environment(),
+    )
+    assert (done.returncode == 0) == check, f"{done.stdout}\n{done.stderr}"
+    return done
+
+
+def test_launcher_gives_the_in_process_trial_md5s(repo):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    before = lock_md5s(repo)
+    log = dvc(repo, "exp", "run", "-S", "launcher={name: joblib, n_jobs: 2}")
+    assert all(f"Running stage 'task@{t}'" in log for t in TRIALS)
+    after = lock_md5s(repo)
+    assert {t: after[f"data/trials/{t}.nc"] for t in TRIALS} == {
+        t: before[f"data/trials/{t}.nc"] for t in TRIALS
+    }
+
+
+def test_queued_seeds_collect_into_the_direct_repro(repo):
+    dvc(repo, "exp", "run", "--queue", "-S", "torch_seed=range(0,4)")
+    start_queue(repo, "-j", "2")
+    status = wait_for_queue(repo)
+    assert status.count("Success") == 4, status
+
+    done = collect(repo)
+    assert "collected 4 experiments into data/collected.nc" in done.stdout
+    assert "deterministic: every trial agrees bitwise within each seed" in done.stdout
+    assert "reading experiments" in done.stderr  # the progress bar
+    collected = read_dataset(repo / "data/collected.nc")
+    assert collected["out"].shape == (4, len(TRIALS), 1)
+    assert collected["torch_seed"].values.tolist() == [0, 1, 2, 3]
+    # Nothing was checked out: the workspace still has the baseline's params and result.
+    assert yaml.safe_load((repo / "params.yaml").read_text())["torch_seed"] == [0, 1]
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["torch_seed"] = [0, 1, 2, 3]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(repo, "repro")
+    direct = read_dataset(repo / "data/result.nc")
+    assert collected["out"].values.tobytes() == direct["out"].values.tobytes()
+    assert collected["out"].sel(torch_seed=3, trial_id="b").values.tobytes() == (
+        how_to_reference(3).tobytes()
+    )
+
+
+def test_two_machines_push_and_a_third_collects_with_the_shared_seed_verified(repo, tmp_path):
+    remote, store = tmp_path / "remote.git", tmp_path / "dvc-store"
+    sh(tmp_path, "git", "init", "-q", "--bare", str(remote))
+    dvc(repo, "remote", "add", "-d", "store", str(store))
+    sh(repo, "git", "commit", "-qam", "a DVC remote that all machines share")
+    sh(repo, "git", "remote", "add", "origin", str(remote))
+    sh(repo, "git", "push", "-q", "origin", "HEAD")
+    dvc(repo, "push")
+
+    machines = {"machine1": "[0,1,2]", "machine2": "[2,3,4]"}  # seed 2 runs on both
+    for name, seeds in machines.items():
+        clone = tmp_path / name
+        sh(tmp_path, "git", "clone", "-q", str(remote), str(clone))
+        dvc(clone, "exp", "run", "-n", name, "-S", f"torch_seed={seeds}")
+        dvc(clone, "exp", "push", "origin", name)
+
+    third = tmp_path / "machine3"
+    sh(tmp_path, "git", "clone", "-q", str(remote), str(third))
+    for name in machines:
+        dvc(third, "exp", "pull", "origin", name)
+    done = collect(third)
+    assert "torch_seed 2 ran in more than one experiment" in done.stdout
+    assert "deterministic: every trial agrees bitwise within each seed and across experiments" in (
+        done.stdout
+    )
+    collected = read_dataset(third / "data/collected.nc")
+    assert collected["torch_seed"].values.tolist() == [0, 1, 2, 3, 4]
+    assert collected["out"].shape == (5, len(TRIALS), 1)
+    assert sorted(collected["experiments"].sel(torch_seed=2).item().split(",")) == sorted(machines)
+    report = json.loads((third / "data/collected.json").read_text())
+    assert report["cross_checked_seeds"] == [2]
+    assert report["deterministic"] is True
+    assert {name: info["torch_seed"] for name, info in report["experiments"].items()} == {
+        "machine1": [0, 1, 2],
+        "machine2": [2, 3, 4],
+    }
+    assert not (third / "data/result.nc").exists()  # read through DVC, never checked out
+
+
+def test_mixed_configs_are_refused_then_grouped(repo):
+    dvc(repo, "exp", "run", "-n", "narrow", "-S", "torch_seed=0")
+    dvc(repo, "exp", "run", "-n", "wide", "-S", "torch_seed=1", "-S", "module.out_features=2")
+    refused = collect(repo, check=False)
+    [line] = refused.stderr.strip().splitlines()[-1:]
+    assert line.startswith("detflow: error: experiments ")
+    assert "differ in module.out_features=" in line
+    assert "pass --group-by-config" in line
+    assert not (repo / "data/collected.nc").exists()
+
+    grouped = collect(repo, "--group-by-config")
+    shapes = sorted(
+        read_dataset(path)["out"].shape for path in (repo / "data").glob("collected-*.nc")
+    )
+    assert shapes == [(1, len(TRIALS), 1), (1, len(TRIALS), 2)]
+    assert "(module.out_features=1)" in grouped.stdout
+    assert "(module.out_features=2)" in grouped.stdout
