@@ -192,3 +192,11 @@ def test_strict_fails_after_writing_the_evidence(project_params, collect_from, t
     report = json.loads((tmp_path / "data/collected.json").read_text())
     assert report["disagreements"][0]["trial_id"] == "m2/a"
     assert collect_from(machines, "--no-strict") == 0
+
+
+def test_outside_a_dvc_project_collect_says_where_to_run(tmp_path, monkeypatch):
+    import detflow.collect
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DetflowError, match="is not in a DVC project: run collect from the project"):
+        detflow.collect.main([])

@@ -125,13 +125,13 @@ def check_result(experiment: Experiment) -> None:
     for dim in ("torch_seed", "trial_id"):
         if dim not in result.coords:
             raise DetflowError(
-                f"{RESULT} of {experiment.label} has no {dim} coordinate: "
+                f"the result of {experiment.label} has no {dim} coordinate: "
                 f"it was not made by detflow's aggregate stage; rerun that experiment"
             )
     for name, variable in result.data_vars.items():
         if variable.dims[:2] != ("torch_seed", "trial_id"):
             raise DetflowError(
-                f"{RESULT} of {experiment.label}: '{name}' has dims {list(variable.dims)}, "
+                f"the result of {experiment.label}: '{name}' has dims {list(variable.dims)}, "
                 f"not (torch_seed, trial_id, ...): rerun that experiment"
             )
 
@@ -149,7 +149,7 @@ def check_same_layout(experiments: Sequence[Experiment]) -> None:
     for other in experiments[1:]:
         if layout(other.result) != layout(first.result):
             raise DetflowError(
-                f"{RESULT} of {other.label} holds {layout(other.result)} but that of "
+                f"the result of {other.label} holds {layout(other.result)} but that of "
                 f"{first.label} holds {layout(first.result)}: rerun both on the same code"
             )
 
@@ -305,25 +305,32 @@ def resolve_revs(repo, names: Sequence[str]) -> list[tuple[str, str]]:
     for exps in repo.experiments.ls(all_commits=True).values():
         for name, rev in exps:
             by_name.setdefault(name, []).append(rev)
-    resolved = []
+    resolved: dict[str, str] = {}  # rev -> name: naming one commit twice reads it once
     for name in names:
         if len(by_name.get(name, [])) == 1:
-            resolved.append((name, by_name[name][0]))
+            resolved.setdefault(by_name[name][0], name)
             continue
         try:
-            resolved.append((name, repo.scm.resolve_rev(name)))
+            resolved.setdefault(repo.scm.resolve_rev(name), name)
         except Exception as error:
             raise DetflowError(
                 f"'{name}' is neither an experiment nor a git rev ({one_line(error)}): "
                 f"see `dvc exp list`"
             ) from error
-    return resolved
+    return [(name, rev) for rev, name in resolved.items()]
 
 
 def find_revs(names: Sequence[str]) -> list[tuple[str, str]]:
+    from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
-    with Repo() as repo:
+    try:
+        repo = Repo()
+    except NotDvcRepoError:
+        raise DetflowError(
+            f"{Path.cwd()} is not in a DVC project: run collect from the project's folder"
+        ) from None
+    with repo:
         return resolve_revs(repo, names)
 
 
