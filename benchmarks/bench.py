@@ -20,12 +20,15 @@ from pathlib import Path
 
 from project_copy import make_copy, run_measured, stage_commands
 
+from detflow.params import check_torch_seeds
+
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 
 SWEEPS = {
     "how-to": {"torch_seed": [0, 1], "trial_id": ["a", "b", "c"]},
-    "wide": {"torch_seed": list(range(50)), "trial_id": ["a", "b", "c", "d"]},
+    # As a user writes a big sweep: a range is one line in params.yaml and dvc.lock.
+    "wide": {"torch_seed": "0..49", "trial_id": ["a", "b", "c", "d"]},
 }
 TARGETS = {"how-to": 4.5, "wide": 6.0}  # cold repro, in floors
 WIDE_VS_MULTIRUN = 0.35
@@ -48,7 +51,8 @@ def measure_sweep(name: str, sweep: dict, scratch: Path, repeats: int) -> dict:
     stages = {
         stage: run_measured(command, repo)[1] for stage, command in stage_commands(repo).items()
     }
-    seeds = ",".join(map(str, sweep["torch_seed"]))
+    seed_list = check_torch_seeds(sweep["torch_seed"])
+    seeds = ",".join(map(str, seed_list))
     trials = ",".join(sweep["trial_id"])
     multirun_dir = scratch / f"{name}-multirun"
     multirun_dir.mkdir()
@@ -56,7 +60,7 @@ def measure_sweep(name: str, sweep: dict, scratch: Path, repeats: int) -> dict:
         f"{PYTHON} {HERE / 'multirun.py'} --seeds {seeds} --trials {trials}", multirun_dir, repeats
     )
     return {
-        "jobs": len(sweep["torch_seed"]) * len(sweep["trial_id"]),
+        "jobs": len(seed_list) * len(sweep["trial_id"]),
         "cold_repro_s": round(cold, 2),
         "cold_repro_peak_mib": round(cold_peak, 1),
         "noop_repro_s": round(noop, 2),

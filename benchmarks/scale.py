@@ -33,7 +33,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         repo = make_copy(
             Path(folder) / "project",
-            torch_seed=list(range(args.seeds)),
+            torch_seed=f"0..{args.seeds - 1}",
             trial_id=args.trials.split(","),
         )
         stages = {}

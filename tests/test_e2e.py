@@ -79,6 +79,14 @@ def test_queued_sweep_lists_three_successful_experiments(repo):
     assert all(row["deterministic"] == "True" for row in experiments)
 
 
+def test_exp_run_seed_range_gives_a_5x3x1_result(repo):
+    dvc(repo, "exp", "run", "-S", "torch_seed=0..4")
+    result = read_dataset(repo / "data/result.nc")
+    assert result["out"].shape == (5, 3, 1)
+    assert result["torch_seed"].values.tolist() == [0, 1, 2, 3, 4]
+    assert metrics(repo)["deterministic"] is True
+
+
 def test_no_pre_task_is_not_deterministic(repo):
     dvc(repo, "exp", "run", "-S", "pre_task=null")
     found = metrics(repo)

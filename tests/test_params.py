@@ -19,6 +19,14 @@ def test_scalar_seed_becomes_a_one_seed_tuple(project_params):
     assert parse_params(project_params).torch_seeds == (7,)
 
 
+@pytest.mark.parametrize(
+    ("value", "seeds"), [("0..49", tuple(range(50))), ("7..7", (7,)), (" 3..5 ", (3, 4, 5))]
+)
+def test_seed_range_includes_both_ends(project_params, value, seeds):
+    project_params["torch_seed"] = value
+    assert parse_params(project_params).torch_seeds == seeds
+
+
 def test_int_trial_labels_become_strings(project_params):
     project_params["trial_id"] = [1, 2]
     assert parse_params(project_params).trial_ids == ("1", "2")
@@ -32,7 +40,6 @@ def test_null_pre_task_is_allowed(project_params):
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("torch_seed", "0", "torch_seed '0' is not an int"),
         ("torch_seed", 1.5, "torch_seed 1.5 is not an int"),
         ("torch_seed", True, "torch_seed True is not an int"),
         ("torch_seed", [0, "x"], "torch_seed 'x' is not an int"),
@@ -41,6 +48,15 @@ def test_null_pre_task_is_allowed(project_params):
         ("torch_seed", 2**64, "out of range"),
         ("torch_seed", [0, 1, 0], "torch_seed lists 0 more than once"),
         ("torch_seed", [], "torch_seed is an empty list"),
+        ("torch_seed", "0", "torch_seed '0' is not a seed range: write first..last, e.g. 0..49"),
+        ("torch_seed", "0-49", "torch_seed '0-49' is not a seed range"),
+        ("torch_seed", "-2..5", "torch_seed '-2..5' is not a seed range"),
+        ("torch_seed", "5..2", "torch_seed '5..2' is an empty range: write the smaller seed first"),
+        (
+            "torch_seed",
+            f"0..{TORCH_SEED_MAX + 1}",
+            f"torch_seed {TORCH_SEED_MAX + 1} is out of range",
+        ),
         ("trial_id", [], "trial_id must be a non-empty list"),
         ("trial_id", "abc", "trial_id must be a non-empty list"),
         ("trial_id", ["a", "a"], "trial_id lists 'a' more than once"),

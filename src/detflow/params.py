@@ -17,6 +17,9 @@ DEFAULT_PARAMS = Path("params.yaml")
 # torch.manual_seed accepts up to 2**64 - 1, but the seed becomes an int64 netCDF coordinate.
 TORCH_SEED_MAX = 2**63 - 1
 
+# torch_seed: 0..49 is the seeds 0 to 49, both included.
+SEED_RANGE = re.compile(r"(?P<first>[0-9]+)\.\.(?P<last>[0-9]+)")
+
 # A trial label names a file (data/trials/<label>.nc) and a DVC stage (task@<label>).
 TRIAL_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -117,7 +120,9 @@ def parse_params(values: Any, source: str = "params.yaml") -> Params:
 
 
 def check_torch_seeds(value: Any) -> tuple[int, ...]:
-    """An int or a list of distinct ints in [0, 2**63 - 1], as a tuple."""
+    """An int, a list of distinct ints in [0, 2**63 - 1], or a range "0..49", as a tuple."""
+    if isinstance(value, str):
+        return check_seed_range(value)
     seeds = value if isinstance(value, list) else [value]
     if not seeds:
         raise DetflowError(
@@ -139,6 +144,30 @@ def check_torch_seeds(value: Any) -> tuple[int, ...]:
             f"torch_seed lists {duplicates[0]} more than once: make the seeds distinct"
         )
     return tuple(seeds)
+
+
+def check_seed_range(value: str) -> tuple[int, ...]:
+    """``"0..49"``: every seed from the first to the last, both included.
+
+    A big sweep written as a list costs a line per seed in params.yaml and in every stage
+    of dvc.lock, which DVC re-parses after each stage; a range costs one. It is a string, so
+    that `dvc exp run -S torch_seed=0..49` can replace a list (Hydra will not merge a
+    mapping into a list).
+    """
+    match = SEED_RANGE.fullmatch(value.strip())
+    if not match:
+        raise DetflowError(
+            f"torch_seed {value!r} is not a seed range: write first..last, e.g. 0..49, "
+            f"or give an int or a list of ints"
+        )
+    first, last = int(match["first"]), int(match["last"])
+    if first > last:
+        raise DetflowError(f"torch_seed {value!r} is an empty range: write the smaller seed first")
+    if last > TORCH_SEED_MAX:
+        raise DetflowError(
+            f"torch_seed {last} is out of range: use ints from 0 to {TORCH_SEED_MAX} (2**63-1)"
+        )
+    return tuple(range(first, last + 1))
 
 
 def check_trial_ids(value: Any) -> tuple[str, ...]:
