@@ -50,7 +50,8 @@ def test_verbose_shows_the_traceback(tmp_path, project_params):
     assert done.returncode == 1
     assert "Traceback" in done.stderr
     assert done.stderr.strip().endswith(
-        "detflow: error: torch_seed 'x' is not an int: give an int or a list of ints, e.g. [0, 1]"
+        "detflow: error: torch_seed 'x' is not a seed range: write first..last, e.g. 0..49, "
+        "or give an int or a list of ints"
     )
     flag = run_stage("detflow.trial", tmp_path, "--out", "a.nc", "--verbose")
     assert "Traceback" in flag.stderr
