@@ -76,3 +76,12 @@ def draws_everywhere(torch_seed):
 
 def non_finite(torch_seed):
     return {"out": torch.tensor([float("nan"), float("inf"), float("-inf"), 1.0])}
+
+
+def machine_dependent(module, data):
+    """The how-to's output, offset by DETFLOW_TEST_MACHINE: two "machines" whose numerics
+    differ, each deterministic on its own."""
+    import os
+
+    offset = float(os.environ.get("DETFLOW_TEST_MACHINE", "0")) * 1e-3
+    return {"out": module(data).detach() + offset}

@@ -24,6 +24,8 @@ from dvc_project import (
 
 pytestmark = pytest.mark.e2e
 
+TESTS_DIR = Path(__file__).resolve().parent
+
 
 def collect(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     done = subprocess.run(
@@ -131,3 +133,36 @@ def test_mixed_configs_are_refused_then_grouped(repo):
     assert shapes == [(1, len(TRIALS), 1), (1, len(TRIALS), 2)]
     assert "(module.out_features=1)" in grouped.stdout
     assert "(module.out_features=2)" in grouped.stdout
+
+
+def test_a_seed_that_differs_between_machines_is_reported_and_fails_strict(repo):
+    """Two "machines" whose numerics differ (an env var shifts the task's output): each
+    experiment is deterministic on its own; collect finds the shared seed that is not."""
+    task = "task=tasks_for_tests.machine_dependent"
+    for machine, seeds in (("1", "[0,1]"), ("2", "[1,2]")):
+        env = {**environment(), "PYTHONPATH": str(TESTS_DIR), "DETFLOW_TEST_MACHINE": machine}
+        run = ["exp", "run", "-n", f"machine{machine}", "-S", f"torch_seed={seeds}", "-S", task]
+        done = subprocess.run(
+            [sys.executable, "-m", "dvc", *run],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "deterministic: all 3 trials agree bitwise" in done.stdout
+
+    done = collect(repo, "--strict", check=False)
+    assert "NOT deterministic: copies disagree for torch_seed 1" in done.stdout
+    assert "torch_seed 1: 'out' first differs in trial machine2/a at index [0]" in done.stdout
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "detflow: error: strict: copies of a seed disagree (details in data/collected.json)"
+        )
+    )
+    report = json.loads((repo / "data/collected.json").read_text())
+    assert report["disagreeing_seeds"] == "1"
+    assert report["disagreements"][0]["max_abs_diff"] > 0
+    assert read_dataset(repo / "data/collected.nc")["torch_seed"].values.tolist() == [0, 1, 2]
