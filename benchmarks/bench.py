@@ -2,11 +2,11 @@
 
 Usage: python benchmarks/bench.py [--repeats 3] [--json benchmarks/results.json]
 
-The floor is the wall time of `python -c "import torch"` (median of 5). For the how-to's
-sweep and a wide one it takes the median of `--repeats` runs of: a cold
-`dvc repro -f --no-run-cache`, a following no-op `dvc repro`, and the same sweep run as an
-in-process multirun through hydra-zen's `launch` (benchmarks/multirun.py). It also runs each
-stage's command once on its own to read that stage's peak memory.
+The floor is the wall time of `python -c "import torch"` (median of 5, taken between each
+sweep's runs). For the how-to's sweep and a wide one it takes the median of `--repeats`
+rounds of: a cold `dvc repro -f --no-run-cache`, a following no-op `dvc repro`, and the same
+sweep run as an in-process multirun through hydra-zen's `launch` (benchmarks/multirun.py).
+It also runs each stage's command once on its own to read that stage's peak memory.
 """
 
 from __future__ import annotations
@@ -36,81 +36,85 @@ NOOP_FLOORS = 1.0
 STAGE_MEMORY_VS_TORCH = 1.3
 
 
-def median_run(command: str, folder: Path, repeats: int) -> tuple[float, float]:
-    """Median wall seconds and median peak MiB of ``repeats`` runs of ``command``."""
-    runs = [run_measured(command, folder) for _ in range(repeats)]
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+FLOOR = f"{PYTHON} -c 'import torch'"
+FLOOR_SAMPLES = 5
+
+
+def median(values) -> float:
+    return statistics.median(list(values))
 
 
 def measure_sweep(name: str, sweep: dict, scratch: Path, repeats: int) -> dict:
+    """Each figure is a median; the floor's samples are interleaved with the sweep's runs.
+
+    This machine's speed drifts by 20% or more over minutes (it is a shared VM), so a floor
+    taken minutes earlier would misjudge the sweep; each sweep gets its own floor.
+    """
     repo = make_copy(scratch / name, **sweep)
     dvc = f"{PYTHON} -m dvc"
     run_measured(f"{dvc} repro -q", repo)  # warm the file cache once, as a user's second run
-    cold, cold_peak = median_run(f"{dvc} repro -f --no-run-cache -q", repo, repeats)
-    noop, _ = median_run(f"{dvc} repro -q", repo, repeats)
-    stages = {
-        stage: run_measured(command, repo)[1] for stage, command in stage_commands(repo).items()
-    }
     seed_list = check_torch_seeds(sweep["torch_seed"])
     seeds = ",".join(map(str, seed_list))
     trials = ",".join(sweep["trial_id"])
     multirun_dir = scratch / f"{name}-multirun"
     multirun_dir.mkdir()
-    multirun, multirun_peak = median_run(
-        f"{PYTHON} {HERE / 'multirun.py'} --seeds {seeds} --trials {trials}", multirun_dir, repeats
-    )
+    multirun_command = f"{PYTHON} {HERE / 'multirun.py'} --seeds {seeds} --trials {trials}"
+    floors, colds, noops, multiruns = [], [], [], []
+    for _ in range(repeats):
+        floors.append(run_measured(FLOOR, scratch))
+        colds.append(run_measured(f"{dvc} repro -f --no-run-cache -q", repo))
+        noops.append(run_measured(f"{dvc} repro -q", repo))
+        multiruns.append(run_measured(multirun_command, multirun_dir))
+    floors += [run_measured(FLOOR, scratch) for _ in range(FLOOR_SAMPLES - repeats)]
+    stages = {
+        stage: run_measured(command, repo)[1] for stage, command in stage_commands(repo).items()
+    }
     return {
         "jobs": len(seed_list) * len(sweep["trial_id"]),
-        "cold_repro_s": round(cold, 2),
-        "cold_repro_peak_mib": round(cold_peak, 1),
-        "noop_repro_s": round(noop, 2),
+        "floor_s": round(median(f[0] for f in floors), 3),
+        "import_torch_peak_mib": round(median(f[1] for f in floors), 1),
+        "cold_repro_s": round(median(c[0] for c in colds), 2),
+        "cold_repro_peak_mib": round(median(c[1] for c in colds), 1),
+        "noop_repro_s": round(median(n[0] for n in noops), 2),
         "stage_peak_mib": {stage: round(peak, 1) for stage, peak in stages.items()},
-        "multirun_s": round(multirun, 2),
-        "multirun_peak_mib": round(multirun_peak, 1),
+        "multirun_s": round(median(m[0] for m in multiruns), 2),
+        "multirun_peak_mib": round(median(m[1] for m in multiruns), 1),
     }
 
 
 def report(figures: dict) -> str:
-    floor, torch_mib = figures["floor_s"], figures["import_torch_peak_mib"]
     lines = [
-        f"floor (python -c 'import torch'): {floor:.2f} s, peak {torch_mib:.0f} MiB",
-        "",
-        f"{'sweep':<8} {'jobs':>5} {'cold repro':>18} {'no-op repro':>18} "
+        f"{'sweep':<8} {'jobs':>5} {'floor':>7} {'cold repro':>18} {'no-op repro':>18} "
         f"{'multirun':>10} {'detflow/multirun':>17} {'max stage MiB':>18}",
     ]
+    checks = []
     for name, sweep in figures["sweeps"].items():
+        floor, torch_mib = sweep["floor_s"], sweep["import_torch_peak_mib"]
         cold_floors = sweep["cold_repro_s"] / floor
         noop_floors = sweep["noop_repro_s"] / floor
         ratio = sweep["cold_repro_s"] / sweep["multirun_s"]
-        stage_peak = max(sweep["stage_peak_mib"].values())
-        lines.append(
-            f"{name:<8} {sweep['jobs']:>5} {sweep['cold_repro_s']:>7.2f} s {cold_floors:>4.2f} fl "
-            f"{sweep['noop_repro_s']:>7.2f} s {noop_floors:>4.2f} fl {sweep['multirun_s']:>8.2f} s "
-            f"{ratio:>17.2f} {stage_peak:>8.0f} ({stage_peak / torch_mib:.2f}x)"
-        )
-    lines += ["", "targets:"]
-    for name, sweep in figures["sweeps"].items():
-        cold_floors = sweep["cold_repro_s"] / floor
-        lines.append(
-            f"  {name} cold repro <= {TARGETS[name]} floors: {cold_floors:.2f} "
-            f"{'met' if cold_floors <= TARGETS[name] else 'MISSED'}"
-        )
-        noop_floors = sweep["noop_repro_s"] / floor
-        lines.append(
-            f"  {name} no-op repro <= {NOOP_FLOORS} floor: {noop_floors:.2f} "
-            f"{'met' if noop_floors <= NOOP_FLOORS else 'MISSED'}"
-        )
         memory = max(sweep["stage_peak_mib"].values()) / torch_mib
         lines.append(
-            f"  {name} stage peak <= {STAGE_MEMORY_VS_TORCH}x import torch: {memory:.2f} "
-            f"{'met' if memory <= STAGE_MEMORY_VS_TORCH else 'MISSED'}"
+            f"{name:<8} {sweep['jobs']:>5} {floor:>5.2f} s "
+            f"{sweep['cold_repro_s']:>7.2f} s {cold_floors:>4.2f} fl "
+            f"{sweep['noop_repro_s']:>7.2f} s {noop_floors:>4.2f} fl {sweep['multirun_s']:>8.2f} s "
+            f"{ratio:>17.2f} {memory * torch_mib:>8.0f} ({memory:.2f}x)"
         )
-    wide = figures["sweeps"]["wide"]
-    ratio = wide["cold_repro_s"] / wide["multirun_s"]
-    lines.append(
-        f"  wide detflow/multirun <= {WIDE_VS_MULTIRUN}: {ratio:.2f} "
-        f"{'met' if ratio <= WIDE_VS_MULTIRUN else 'MISSED'}"
-    )
+        checks.append((f"{name} cold repro <= {TARGETS[name]} floors", cold_floors, TARGETS[name]))
+        checks.append((f"{name} no-op repro <= {NOOP_FLOORS} floor", noop_floors, NOOP_FLOORS))
+        checks.append(
+            (
+                f"{name} stage peak <= {STAGE_MEMORY_VS_TORCH}x import torch",
+                memory,
+                STAGE_MEMORY_VS_TORCH,
+            )
+        )
+        if name == "wide":
+            checks.append((f"wide detflow/multirun <= {WIDE_VS_MULTIRUN}", ratio, WIDE_VS_MULTIRUN))
+    lines += ["", "floor: python -c 'import torch', median of 5 taken between the sweep's runs", ""]
+    lines.append("targets:")
+    for label, value, target in checks:
+        lines.append(f"  {label}: {value:.2f} {'met' if value <= target else 'MISSED'}")
     return "\n".join(lines)
 
 
@@ -122,12 +126,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
-        floors = [run_measured(f"{PYTHON} -c 'import torch'", scratch) for _ in range(5)]
-        figures = {
-            "floor_s": round(statistics.median(f[0] for f in floors), 3),
-            "import_torch_peak_mib": round(statistics.median(f[1] for f in floors), 1),
-            "sweeps": {},
-        }
+        figures = {"sweeps": {}}
         for name, sweep in SWEEPS.items():
             print(f"measuring the {name} sweep ...", flush=True)
             figures["sweeps"][name] = measure_sweep(name, sweep, scratch, args.repeats)
