@@ -114,6 +114,9 @@ def test_two_machines_push_and_a_third_collects_with_the_shared_seed_verified(re
         "machine2": [2, 3, 4],
     }
     assert not (third / "data/result.nc").exists()  # read through DVC, never checked out
+    named = collect(third, "machine1", "machine2", "--out", "data/named.nc")
+    assert "collected 2 experiments into data/named.nc" in named.stdout
+    assert read_dataset(third / "data/named.nc").identical(collected)
 
 
 def test_mixed_configs_are_refused_then_grouped(repo):
