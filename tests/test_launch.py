@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,11 +31,11 @@ def fresh_job_processes(monkeypatch):
     """
     monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))  # jobs import tasks_for_tests by name
     yield
-    try:
-        from joblib.externals.loky import get_reusable_executor
-    except ImportError:
-        return
-    get_reusable_executor().shutdown(wait=True)
+    # Only where a test started one: asking loky for its executor would start a new one.
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(loky, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True)
 
 
 def write_trial(write_params, values: dict, out: Path) -> bytes:
