@@ -42,16 +42,23 @@ def start_queue(repo: Path, *args: str) -> None:
     assert done.returncode == 0, f"{' '.join(command)} failed"
 
 
-def wait_for_queue(repo: Path, timeout: float = 900) -> str:
-    """Poll `dvc queue status` until nothing is queued or running; then stop the workers.
+def wait_for_queue(repo: Path, expected: int, timeout: float = 900) -> str:
+    """Poll `dvc queue status` until ``expected`` tasks have ended; then stop the workers.
 
-    With several workers, DVC 3.67 can leave one idle after the queue is empty (it logs
-    "shutting down due to empty queue" and keeps running), so leftovers are terminated.
+    Counting ended tasks, not looking for "Queued" or "Running": while a worker picks a task
+    up, `dvc queue status` can list it as neither. With several workers, DVC 3.67 can also
+    leave one idle after the queue is empty (it logs "shutting down due to empty queue" and
+    keeps running), so leftovers are terminated.
     """
     deadline = time.monotonic() + timeout
     while True:
         status = dvc(repo, "queue", "status")
-        if not any(word in status for word in ("Queued", "Running")):
+        ended = sum(
+            line.split()[-1] in ("Success", "Failed")
+            for line in status.splitlines()[1:]
+            if line.split()
+        )
+        if ended >= expected:
             break
         assert time.monotonic() < deadline, f"the queue did not finish:\n{status}"
         time.sleep(3)

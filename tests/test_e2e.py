@@ -71,7 +71,7 @@ def test_exp_run_three_seeds_gives_a_3x3x1_result(repo):
 def test_queued_sweep_lists_three_successful_experiments(repo):
     dvc(repo, "exp", "run", "--queue", "-S", "torch_seed=0,1,2")
     start_queue(repo)
-    status = wait_for_queue(repo)
+    status = wait_for_queue(repo, expected=3)
     rows = list(csv.DictReader(io.StringIO(dvc(repo, "exp", "show", "--csv"))))
     experiments = [row for row in rows if row["typ"] != "baseline"]
     assert [row["State"] for row in experiments] == ["Success"] * 3, status

@@ -53,7 +53,7 @@ def test_launcher_gives_the_in_process_trial_md5s(repo):
 def test_queued_seeds_collect_into_the_direct_repro(repo):
     dvc(repo, "exp", "run", "--queue", "-S", "torch_seed=range(0,4)")
     start_queue(repo, "-j", "2")
-    status = wait_for_queue(repo)
+    status = wait_for_queue(repo, expected=4)
     assert status.count("Success") == 4, status
 
     done = collect(repo)
