@@ -16,7 +16,14 @@ import xarray as xr
 
 from detflow.artifact import read_dataset, write_dataset, write_text
 from detflow.cli import DetflowError, run_main, stage_parser
-from detflow.determinism import Disagreement, Verdict, compare_trials, content_digest, json_number
+from detflow.determinism import (
+    Verdict,
+    compare_trials,
+    content_digest,
+    disagreement_line,
+    disagreement_records,
+    json_number,
+)
 from detflow.params import DEFAULT_PARAMS, Params, load_params
 
 REBUILD = "run `dvc repro -f` to rebuild it"
@@ -171,27 +178,6 @@ def build_metrics(
         "provenance": provenance,
         "disagreements": disagreement_records(verdict),
     }
-
-
-def disagreement_records(verdict: Verdict) -> list[dict[str, Any]]:
-    """The evidence behind a NOT deterministic verdict, as JSON."""
-    return [
-        {
-            "torch_seed": d.torch_seed,
-            "variable": d.variable,
-            "trial_id": d.trial_id,
-            "index": list(d.index),
-            "max_abs_diff": d.max_abs_diff if np.isfinite(d.max_abs_diff) else "inf",
-        }
-        for d in verdict.disagreements
-    ]
-
-
-def disagreement_line(d: Disagreement) -> str:
-    return (
-        f"  torch_seed {d.torch_seed}: '{d.variable}' first differs in trial {d.trial_id} "
-        f"at index {list(d.index)}; max |diff| {d.max_abs_diff:.9g}"
-    )
 
 
 def plot_seeds(verdict: Verdict) -> list[int]:

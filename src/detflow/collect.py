@@ -22,9 +22,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from detflow.aggregate import describe
 from detflow.artifact import read_dataset_bytes, write_dataset, write_text
 from detflow.cli import DetflowError, one_line, run_main, stage_parser
-from detflow.determinism import Verdict, compare_trials, content_digest
+from detflow.determinism import (
+    Verdict,
+    compare_trials,
+    content_digest,
+    disagreement_line,
+    disagreement_records,
+)
 from detflow.params import DEFAULT_PARAMS, Params, load_params, parse_params
 
 RESULT = "data/result.nc"
@@ -45,6 +52,10 @@ class Experiment:
     @property
     def label(self) -> str:
         return f"{self.name} ({self.rev[:7]})"
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(seed) for seed in self.result["torch_seed"].values]
 
 
 # ---------------------------------------------------------------------------- configs
@@ -72,12 +83,6 @@ def config_key(params: Params) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def config_differences(first: Params, other: Params) -> list[str]:
-    """The dotted params whose values differ, e.g. ``['module.out_features']``."""
-    a, b = config_of(first), config_of(other)
-    return sorted(key for key in a.keys() | b.keys() if a.get(key, None) != b.get(key, None))
-
-
 def group_by_config(experiments: Sequence[Experiment]) -> dict[str, list[Experiment]]:
     groups: dict[str, list[Experiment]] = {}
     for experiment in experiments:
@@ -103,10 +108,13 @@ def group_differences(groups: Mapping[str, Sequence[Experiment]]) -> dict[str, s
 def check_one_config(experiments: Sequence[Experiment]) -> None:
     """Refuse to mix experiments whose configs differ in anything but the free params."""
     first = experiments[0]
+    ours = config_of(first.params)
     for other in experiments[1:]:
-        differing = config_differences(first.params, other.params)
+        theirs = config_of(other.params)
+        differing = sorted(
+            key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)
+        )
         if differing:
-            theirs, ours = config_of(other.params), config_of(first.params)
             shown = ", ".join(
                 f"{key}={theirs.get(key)!r} vs {ours.get(key)!r}" for key in differing[:3]
             )
@@ -139,7 +147,7 @@ def check_result(experiment: Experiment) -> None:
 def layout(result: xr.Dataset) -> dict[str, str]:
     """Each variable's dtype, dims and shape past the seed axis."""
     return {
-        str(name): f"{variable.dtype}{list(variable.dims[1:])}{list(variable.shape[1:])}"
+        str(name): describe(variable.isel(torch_seed=0))
         for name, variable in result.data_vars.items()
     }
 
@@ -158,8 +166,8 @@ def seed_sources(experiments: Sequence[Experiment]) -> dict[int, list[Experiment
     """Every seed, in order, with the experiments that ran it (first one first)."""
     sources: dict[int, list[Experiment]] = {}
     for experiment in experiments:
-        for seed in experiment.result["torch_seed"].values:
-            sources.setdefault(int(seed), []).append(experiment)
+        for seed in experiment.seeds:
+            sources.setdefault(seed, []).append(experiment)
     return dict(sorted(sources.items()))
 
 
@@ -220,6 +228,11 @@ def merge(sources: Mapping[int, Sequence[Experiment]]) -> xr.Dataset:
 # ---------------------------------------------------------------------------- reporting
 
 
+def repeated_seeds(sources: Mapping[int, Sequence[Experiment]]) -> list[int]:
+    """The seeds that ran in more than one experiment, and so were cross-checked."""
+    return [seed for seed, found in sources.items() if len(found) > 1]
+
+
 def format_seeds(seeds: Iterable[int]) -> str:
     """``0..49, 60, 62..63``: runs of consecutive seeds, so big sweeps fit on a line."""
     runs: list[list[int]] = []
@@ -238,21 +251,18 @@ def report(
     experiments: Sequence[Experiment],
 ) -> dict[str, Any]:
     """The JSON report written next to the collected file."""
-    from detflow.aggregate import disagreement_records
-
-    repeated = [seed for seed, found in sources.items() if len(found) > 1]
     return {
         "deterministic": verdict.deterministic,
         "disagreeing_seeds": ",".join(map(str, verdict.disagreeing_seeds)),
         "n_torch_seeds": collected.sizes["torch_seed"],
         "n_trials": collected.sizes["trial_id"],
         "n_experiments": len(experiments),
-        "cross_checked_seeds": repeated,
+        "cross_checked_seeds": repeated_seeds(sources),
         "digest": content_digest(collected.drop_vars(["experiments", "revs"])),
         "experiments": {
             experiment.name: {
                 "rev": experiment.rev,
-                "torch_seed": [int(s) for s in experiment.result["torch_seed"].values],
+                "torch_seed": experiment.seeds,
             }
             for experiment in experiments
         },
@@ -267,15 +277,12 @@ def summary(
     sources: Mapping[int, Sequence[Experiment]],
     experiments: Sequence[Experiment],
 ) -> str:
-    from detflow.aggregate import disagreement_line
-
     sizes = ", ".join(f"{dim}: {size}" for dim, size in collected.sizes.items())
     count = f"{len(experiments)} experiment{'s' if len(experiments) != 1 else ''}"
     lines = [f"collected {count} into {out} ({sizes})"]
     for experiment in experiments:
-        seeds = format_seeds(int(s) for s in experiment.result["torch_seed"].values)
-        lines.append(f"  {experiment.label}: torch_seed {seeds}")
-    repeated = [seed for seed, found in sources.items() if len(found) > 1]
+        lines.append(f"  {experiment.label}: torch_seed {format_seeds(experiment.seeds)}")
+    repeated = repeated_seeds(sources)
     if repeated:
         lines.append(f"torch_seed {format_seeds(repeated)} ran in more than one experiment")
     if verdict.deterministic:

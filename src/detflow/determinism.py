@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -92,6 +93,27 @@ def compare_trials(result: xr.Dataset) -> Verdict:
                     Disagreement(seed, str(name), trials[trial], tuple(index), seed_diff)
                 )
     return Verdict(seeds, max_abs, tuple(disagreements))
+
+
+def disagreement_records(verdict: Verdict) -> list[dict[str, Any]]:
+    """The evidence behind a NOT deterministic verdict, as JSON."""
+    return [
+        {
+            "torch_seed": d.torch_seed,
+            "variable": d.variable,
+            "trial_id": d.trial_id,
+            "index": list(d.index),
+            "max_abs_diff": d.max_abs_diff if np.isfinite(d.max_abs_diff) else "inf",
+        }
+        for d in verdict.disagreements
+    ]
+
+
+def disagreement_line(d: Disagreement) -> str:
+    return (
+        f"  torch_seed {d.torch_seed}: '{d.variable}' first differs in trial {d.trial_id} "
+        f"at index {list(d.index)}; max |diff| {d.max_abs_diff:.9g}"
+    )
 
 
 def content_digest(dataset: xr.Dataset) -> str:

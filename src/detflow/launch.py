@@ -21,8 +21,11 @@ from detflow.params import Launcher, Params, load_params
 JOB_CONFIG_NAME = "detflow_seed_job"
 
 # pip extras that provide the launchers detflow is tested with.
-EXTRAS = {"joblib": "detflow[joblib]", "submitit_local": "detflow[submitit]"}
-EXTRAS["submitit_slurm"] = EXTRAS["submitit_local"]
+EXTRAS = {
+    "joblib": "detflow[joblib]",
+    "submitit_local": "detflow[submitit]",
+    "submitit_slurm": "detflow[submitit]",
+}
 
 
 def seed_job(config: Any) -> tuple[dict[str, Any], dict[str, str]]:
@@ -108,9 +111,11 @@ def run_jobs(launcher: Launcher, seeds: Sequence[int], params_file: Path, sweep_
 
 
 def collect_returns(
-    params: Params, seeds: Sequence[int], jobs: Sequence[Any]
+    params: Params, jobs: Sequence[Any]
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Each seed's outputs, in the order of ``seeds``, and the provenance all jobs share."""
+    """Each seed's outputs, in the order of ``params.torch_seeds``, and the provenance all
+    jobs share."""
+    seeds = params.torch_seeds
     by_seed: dict[int, tuple[dict[str, Any], dict[str, str]]] = {}
     for job in jobs:
         seed = int(job.cfg.torch_seed)
@@ -154,6 +159,6 @@ def launch_seeds(
     sweep_dir = Path(tempfile.mkdtemp(dir=work_dir, prefix=".detflow-launch-", suffix=".tmp"))
     try:
         jobs = run_jobs(params.launcher, params.torch_seeds, params_file, sweep_dir)
-        return collect_returns(params, params.torch_seeds, jobs)
+        return collect_returns(params, jobs)
     finally:
         shutil.rmtree(sweep_dir, ignore_errors=True)
