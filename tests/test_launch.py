@@ -59,7 +59,7 @@ def test_launcher_param_forms(project_params, value, expected):
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (3, "launcher 3 is not a launcher: use null, a Hydra launcher's name"),
+        (3, "launcher 3 is not a launcher: use loop, a Hydra launcher's name"),
         ({"n_jobs": 2}, "launcher.name None is not a Hydra launcher's name"),
         ("job lib", "launcher.name 'job lib' is not a Hydra launcher's name"),
     ],
@@ -120,7 +120,7 @@ def test_unknown_launcher_names_the_installed_ones(project_params, write_params,
     with pytest.raises(
         DetflowError,
         match=r"launcher 'no_such_launcher' is not an installed Hydra launcher "
-        r"\(installed: basic.*\): install the Hydra plugin that provides it, or set launcher: null",
+        r"\(installed: basic.*\): install the Hydra plugin that provides it, or set launcher: loop",
     ):
         write_trial(write_params, project_params, tmp_path / "a.nc")
 

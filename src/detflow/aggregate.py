@@ -16,6 +16,7 @@ import xarray as xr
 
 from detflow.artifact import read_dataset, write_dataset, write_text
 from detflow.cli import DetflowError, run_main, stage_parser
+from detflow.committed import compare_with_head
 from detflow.determinism import (
     Verdict,
     compare_trials,
@@ -195,6 +196,8 @@ def plot_rows(variable: xr.DataArray, seeds: Sequence[int]) -> str:
     for seed in seeds:
         for trial_id in variable["trial_id"].values:
             values = variable.sel(torch_seed=seed, trial_id=trial_id).values.ravel()
+            if values.dtype == np.bool_:
+                values = values.astype(np.uint8)  # a plot's y axis is numeric: 1 and 0
             for index, value in enumerate(values[:PLOT_MAX_POSITIONS]):
                 lines.append(f"{seed},{trial_id},{index},{json_number(value)}")
     return "\n".join(lines) + "\n"
@@ -241,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")
     write_plots(result, verdict, args.plots)
     print(summary(result, verdict))
+    print(compare_with_head(metrics, params.values, args.metrics.as_posix()))
     if params.strict and not verdict.deterministic:
         seeds = ",".join(map(str, verdict.disagreeing_seeds))
         raise DetflowError(

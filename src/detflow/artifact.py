@@ -34,10 +34,19 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield Path(temporary)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
+        # mkstemp creates 0600; the output gets the mode any new file would (0644 under 022).
+        os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: Path, text: str) -> None:
@@ -89,10 +98,15 @@ def write_dataset(dataset: xr.Dataset, path: Path) -> None:
     """
     encodable = dataset.copy()
     for name, variable in dataset.data_vars.items():
-        stored, stored_attrs = stored_form(variable.values)
-        if stored_attrs:
+        if variable.dtype == np.float16:
+            stored, stored_attrs = stored_form(variable.values)
             encodable[name] = variable.copy(data=stored)
             encodable[name].attrs.update(stored_attrs)
+    # What a read left in `encoding` (a bool's on-disk dtype, chunk sizes, the source path)
+    # must not steer the write: the bytes depend on the data alone. xarray stores a bool as
+    # int8 with the attr dtype=bool, as write_arrays does.
+    for variable in encodable.variables.values():
+        variable.encoding = {}
     with atomic_path(path) as temporary:
         encodable.to_netcdf(temporary, engine="netcdf4", format="NETCDF4")
 

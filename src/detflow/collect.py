@@ -32,7 +32,7 @@ from detflow.determinism import (
     disagreement_line,
     disagreement_records,
 )
-from detflow.params import DEFAULT_PARAMS, Params, load_params, parse_params
+from detflow.params import DEFAULT_PARAMS, Params, load_params, parse_params, parse_yaml
 
 RESULT = "data/result.nc"
 # Params that may differ between experiments that are merged: the seeds themselves, how
@@ -348,7 +348,7 @@ def read_experiment(root: str, name: str, rev: str, result_path: str) -> Experim
     label = f"{name} ({rev[:7]})"
     fs = DVCFileSystem(url=root, rev=rev)
     try:
-        params_values = yaml_load(fs.read_text("params.yaml"), f"params.yaml of {label}")
+        params_values = parse_yaml(fs.read_text("params.yaml"), f"params.yaml of {label}")
         data = fs.read_bytes(result_path)
     except FileNotFoundError:
         raise DetflowError(
@@ -362,15 +362,6 @@ def read_experiment(root: str, name: str, rev: str, result_path: str) -> Experim
     params = parse_params(params_values, source=f"params.yaml of {label}")
     result = read_dataset_bytes(data, f"{result_path} of {label}")
     return Experiment(name, rev, params, result)
-
-
-def yaml_load(text: str, source: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise DetflowError(f"{source} is not valid YAML: fix it in that experiment") from None
 
 
 def read_experiments(revs: Sequence[tuple[str, str]], result_path: str) -> list[Experiment]:

@@ -36,11 +36,22 @@ def seed_job(config: Any) -> tuple[dict[str, Any], dict[str, str]]:
     from detflow.trial import provenance, seed_runner
 
     params = load_params(Path(config.params_file))
+    if params.portable:
+        from detflow.cpu import pin_portable_cpu_path
+
+        pin_portable_cpu_path()  # a job inherits the stage's settings; this checks them
+    import torch
+
+    # The thread count changes how MKL splits a reduction, so every job uses the stage's,
+    # whatever the launcher's workers default to (joblib's loky lowers it, for one).
+    torch.set_num_threads(int(config.intra_op_threads))
     outputs = seed_runner(params)(int(config.torch_seed))
-    return outputs, provenance(params.device)
+    return outputs, provenance(params.device, params.portable)
 
 
-def job_config(launcher: Launcher, params_file: Path, sweep_dir: Path) -> dict[str, Any]:
+def job_config(
+    launcher: Launcher, params_file: Path, sweep_dir: Path, intra_op_threads: int
+) -> dict[str, Any]:
     """The primary config of every job: the launcher, its options, and where Hydra may write."""
     return {
         "defaults": [
@@ -52,6 +63,7 @@ def job_config(launcher: Launcher, params_file: Path, sweep_dir: Path) -> dict[s
         ],
         "torch_seed": 0,
         "params_file": str(params_file.resolve()),
+        "intra_op_threads": intra_op_threads,
         "hydra": {
             "launcher": dict(launcher.options),
             "sweep": {"dir": str(sweep_dir), "subdir": "${hydra.job.num}"},
@@ -76,7 +88,7 @@ def composition_error(launcher: Launcher, error: Exception) -> DetflowError:
         install = f"pip install '{extra}'" if extra else "install the Hydra plugin that provides it"
         return DetflowError(
             f"launcher '{launcher.name}' is not an installed Hydra launcher "
-            f"(installed: {', '.join(names)}): {install}, or set launcher: null"
+            f"(installed: {', '.join(names)}): {install}, or set launcher: loop"
         )
     return DetflowError(
         f"launcher '{launcher.name}' rejected its options {dict(launcher.options)} "
@@ -92,8 +104,11 @@ def run_jobs(launcher: Launcher, seeds: Sequence[int], params_file: Path, sweep_
     from hydra.errors import HydraException
     from hydra.types import RunMode
 
+    import torch
+
+    threads = torch.get_num_threads()
     ConfigStore.instance().store(
-        name=JOB_CONFIG_NAME, node=job_config(launcher, params_file, sweep_dir)
+        name=JOB_CONFIG_NAME, node=job_config(launcher, params_file, sweep_dir, threads)
     )
     with initialize(version_base="1.3", config_path=None):
         hydra = GlobalHydra.instance().hydra
@@ -132,7 +147,7 @@ def collect_returns(
     if missing:
         raise DetflowError(
             f"launcher '{params.launcher.name}' returned no result for torch_seed {missing[0]}: "
-            f"check the launcher's options, or set launcher: null"
+            f"check the launcher's options, or set launcher: loop"
         )
     first = by_seed[seeds[0]][1]
     for seed in seeds[1:]:

@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from detflow.cli import DetflowError
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -27,6 +25,11 @@ DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 # A config name in Hydra's hydra/launcher group, e.g. joblib or submitit_slurm.
 LAUNCHER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+# `launcher: loop` (or null) runs the seeds one after another in the stage's own process. The
+# shipped params.yaml says `loop` rather than null because `dvc exp run -S` rewrites every null
+# in the file as an empty value.
+IN_PROCESS_LAUNCHER = "loop"
 
 REQUIRED_KEYS = ("torch_seed", "trial_id", "pre_task", "task")
 CONFIG_KEYS = ("module", "data")  # Hydra configs the how-to's task is built from
@@ -66,6 +69,7 @@ class Params:
     strict: bool
     values: Mapping[str, Any] = field(repr=False)
     launcher: Launcher | None = None
+    portable: bool = False
 
 
 def load_params(path: Path = DEFAULT_PARAMS) -> Params:
@@ -85,13 +89,24 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
         raise DetflowError(
             f"{path} not found: run from the project root, next to dvc.yaml"
         ) from None
+    return parse_params(parse_yaml(text, str(path)), source=str(path))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML as DVC does (ruamel.yaml, YAML 1.2), so the values detflow runs are the
+    values `dvc.lock` and `dvc params diff` record: ``010`` is ten, ``yes`` is a string and
+    ``1e-3`` is a number. PyYAML reads YAML 1.1, where all three mean something else.
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        where = getattr(error, "problem_mark", None)
+        # The same call as DVC's own reader (dvc.utils.serialize.parse_yaml).
+        return YAML(typ="safe").load(text)
+    except YAMLError as error:
+        where = error.problem_mark if isinstance(error, MarkedYAMLError) else None
         line = f" at line {where.line + 1}" if where is not None else ""
-        raise DetflowError(f"{path} is not valid YAML{line}: fix its syntax") from None
-    return parse_params(values, source=str(path))
+        raise DetflowError(f"{source} is not valid YAML{line}: fix its syntax") from None
 
 
 def parse_params(values: Any, source: str = "params.yaml") -> Params:
@@ -110,6 +125,7 @@ def parse_params(values: Any, source: str = "params.yaml") -> Params:
         strict=check_flag("strict", values.get("strict", False)),
         values=values,
         launcher=check_launcher(values.get("launcher")),
+        portable=check_flag("portable", values.get("portable", False)),
     )
     for key in CONFIG_KEYS:
         if key in values:
@@ -138,12 +154,20 @@ def check_torch_seeds(value: Any) -> tuple[int, ...]:
             raise DetflowError(
                 f"torch_seed {seed} is out of range: use ints from 0 to {TORCH_SEED_MAX} (2**63-1)"
             )
-    duplicates = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-    if duplicates:
-        raise DetflowError(
-            f"torch_seed lists {duplicates[0]} more than once: make the seeds distinct"
-        )
+    duplicate = first_duplicate(seeds)
+    if duplicate is not None:
+        raise DetflowError(f"torch_seed lists {duplicate} more than once: make the seeds distinct")
     return tuple(seeds)
+
+
+def first_duplicate(items: list) -> Any:
+    """The first item that occurs twice, in one pass (a sweep may list many seeds)."""
+    seen: set = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
 
 
 def check_seed_range(value: str) -> tuple[int, ...]:
@@ -184,11 +208,9 @@ def check_trial_ids(value: Any) -> tuple[str, ...]:
                 f"trial_id {item!r} is not a valid label: use letters, digits, '_', '.' or '-'"
             )
         labels.append(label)
-    duplicates = sorted({label for label in labels if labels.count(label) > 1})
-    if duplicates:
-        raise DetflowError(
-            f"trial_id lists {duplicates[0]!r} more than once: make the labels distinct"
-        )
+    duplicate = first_duplicate(labels)
+    if duplicate is not None:
+        raise DetflowError(f"trial_id lists {duplicate!r} more than once: make the labels distinct")
     return tuple(labels)
 
 
@@ -218,17 +240,17 @@ def check_flag(key: str, value: Any) -> bool:
 
 
 def check_launcher(value: Any) -> Launcher | None:
-    """null, a launcher's name, or a mapping with ``name`` and that launcher's options.
+    """``loop`` (or null), a launcher's name, or a mapping with ``name`` and that launcher's options.
 
     Whether the plugin is installed, and accepts the options, is checked when it is used.
     """
-    if value is None:
+    if value is None or value == IN_PROCESS_LAUNCHER:
         return None
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, dict):
         raise DetflowError(
-            f"launcher {value!r} is not a launcher: use null, a Hydra launcher's name "
+            f"launcher {value!r} is not a launcher: use loop, a Hydra launcher's name "
             f"(e.g. joblib), or {{name: joblib, n_jobs: 2}}"
         )
     options = dict(value)

@@ -152,7 +152,7 @@ def stack_seeds(
     }
 
 
-def provenance(device: str) -> dict[str, str]:
+def provenance(device: str, portable: bool) -> dict[str, str]:
     """The software, hardware and settings that produced the numbers.
 
     Read after the last seed ran, so the settings are those the pre-task left in force.
@@ -160,6 +160,7 @@ def provenance(device: str) -> dict[str, str]:
     """
     import torch
 
+    from detflow.cpu import cpu_provenance
     from detflow.seeding import deterministic_settings
 
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
@@ -177,6 +178,8 @@ def provenance(device: str) -> dict[str, str]:
         "device_name": device_name,
         "cuda_version": str(torch.version.cuda),
         "cudnn_version": str(cudnn),
+        "portable": str(portable),
+        **cpu_provenance(),
         **deterministic_settings(),
     }
 
@@ -245,7 +248,7 @@ def compute_trial(params: Params, params_file: Path = DEFAULT_PARAMS, out: Path 
     run = seed_runner(params)  # fails here, before any job starts, on a bad config
     if params.launcher is None:
         outputs = [run(seed) for seed in params.torch_seeds]
-        attrs = provenance(params.device)
+        attrs = provenance(params.device, params.portable)
     else:
         from detflow.launch import launch_seeds
 
@@ -269,7 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from detflow.artifact import write_arrays
 
-    trial = compute_trial(load_params(args.params), args.params, args.out)
+    params = load_params(args.params)
+    if params.portable:
+        from detflow.cpu import pin_portable_cpu_path
+
+        pin_portable_cpu_path()  # before anything imports torch
+    trial = compute_trial(params, args.params, args.out)
     write_arrays(args.out, trial.variables, trial.coords, trial.attrs)
     sizes = {dim: len(values) for dim, values in trial.coords.items()}
     print(f"wrote {args.out}: {sizes}")
