@@ -16,7 +16,7 @@ import xarray as xr
 
 from detflow.artifact import read_dataset, write_dataset, write_text
 from detflow.cli import DetflowError, run_main, stage_parser
-from detflow.committed import compare_with_head
+from detflow.committed import compare_with_head, config_digest
 from detflow.determinism import (
     Verdict,
     compare_trials,
@@ -148,7 +148,7 @@ def seed_outputs(result: xr.Dataset, seed: int) -> dict[str, Any]:
 
 
 def build_metrics(
-    result: xr.Dataset, verdict: Verdict, provenance: dict[str, Any]
+    result: xr.Dataset, verdict: Verdict, provenance: dict[str, Any], config: str
 ) -> dict[str, Any]:
     """metrics.json: the verdict first, then the evidence behind it and where it came from."""
     seeds = {
@@ -174,6 +174,9 @@ def build_metrics(
         "n_torch_seeds": result.sizes["torch_seed"],
         "n_trials": result.sizes["trial_id"],
         "digest": content_digest(result),
+        # Which params made these numbers: results are compared across machines only when
+        # this matches (see detflow.committed).
+        "config_digest": config,
         "mean": means,
         "seeds": seeds,
         "provenance": provenance,
@@ -239,12 +242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     provenance = dict(trials[params.trial_ids[0]].attrs)
     result = combine_trials(trials, fixed_params_attrs(params))
     verdict = compare_trials(result)
-    metrics = build_metrics(result, verdict, provenance)
+    metrics = build_metrics(result, verdict, provenance, config_digest(params))
     write_dataset(result, args.out)
     write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")
     write_plots(result, verdict, args.plots)
     print(summary(result, verdict))
-    print(compare_with_head(metrics, params.values, args.metrics.as_posix()))
+    print(compare_with_head(metrics, args.metrics.as_posix()))
     if params.strict and not verdict.deterministic:
         seeds = ",".join(map(str, verdict.disagreeing_seeds))
         raise DetflowError(

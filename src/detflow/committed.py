@@ -3,19 +3,20 @@
 metrics.json is versioned by git, so a fresh clone holds the digest, the per-seed values and
 the provenance of the machine that made the commit. After `dvc repro` (and in `make run`) the
 new metrics are compared with those: the same digest for the same params means this machine
-reproduced the commit; otherwise the provenance fields that differ (CPU capability, CPU
+reproduced the commit; a different ``config_digest`` means the commit's numbers came from
+other params, and nothing is compared; otherwise the provenance fields that differ (CPU capability, CPU
 model, threads, libraries, versions) say why, and the largest difference says how much.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-from detflow.cli import DetflowError
-from detflow.params import parse_params, parse_yaml
+from detflow.params import Params
 
 # Params that never change the numbers: how seeds were run, and whether disagreement fails.
 NOT_NUMBERS = ("launcher", "strict")
@@ -46,12 +47,21 @@ def committed_text(path: str) -> str | None:
     return shown.stdout if shown.returncode == 0 else None
 
 
-def numbers_config(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in values.items() if key not in NOT_NUMBERS}
+def config_digest(params: Params) -> str:
+    """sha256 of every param that shapes the numbers, seeds expanded (``0..1`` is ``[0, 1]``).
+
+    Stored in metrics.json, so that a result is compared only with one made from the same
+    params, whatever params.yaml says by the time the comparison runs.
+    """
+    values = {key: value for key, value in params.values.items() if key not in NOT_NUMBERS}
+    values["torch_seed"] = list(params.torch_seeds)
+    values["trial_id"] = list(params.trial_ids)
+    text = json.dumps(values, sort_keys=True, default=str)
+    return f"sha256:{hashlib.sha256(text.encode()).hexdigest()}"
 
 
 def leaf_numbers(tree: Any, prefix: str = "") -> dict[str, float]:
-    """Every finite number in a nested dict, by dotted path (``seeds.0.out``)."""
+    """Every number in a nested dict, by dotted path (``seeds.0.out``)."""
     if isinstance(tree, Mapping):
         found: dict[str, float] = {}
         for key, child in tree.items():
@@ -81,39 +91,32 @@ def provenance_changes(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> li
     """``key ours vs theirs`` for each provenance field that differs, bit-changing ones first."""
     keys = sorted(
         (key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)),
-        key=lambda key: (BIT_CHANGING.index(key) if key in BIT_CHANGING else 99, key),
+        key=lambda key: (
+            BIT_CHANGING.index(key) if key in BIT_CHANGING else len(BIT_CHANGING),
+            key,
+        ),
     )
     return [f"{key} {ours.get(key, 'absent')} vs {theirs.get(key, 'absent')}" for key in keys]
 
 
-def compare(
-    metrics: Mapping[str, Any],
-    values: Mapping[str, Any],
-    committed_metrics: Mapping[str, Any],
-    committed_values: Mapping[str, Any],
-) -> str:
-    """One line: did these metrics reproduce the committed ones, and if not, why and by how much.
+def compare(metrics: Mapping[str, Any], committed: Mapping[str, Any]) -> str:
+    """One line: did ``metrics`` reproduce ``committed`` bit for bit; if not, why and how much.
 
     Examples
     --------
-    >>> metrics = {"digest": "sha256:1", "seeds": {"0": {"out": 1.5}}, "provenance": {"a": "x"}}
-    >>> compare(metrics, {"task": "t"}, metrics, {"task": "t", "strict": True})
-    'cross-machine: this machine reproduced the committed result bit for bit (digest sha256:1)'
+    >>> metrics = {"config_digest": "c", "digest": "d", "provenance": {"cpu_model": "x"}}
+    >>> compare(metrics, metrics)
+    'cross-machine: this machine reproduced the committed result bit for bit (digest d)'
     """
-    changed = sorted(
-        key
-        for key in numbers_config(values).keys() | numbers_config(committed_values).keys()
-        if values.get(key) != committed_values.get(key)
-    )
-    if changed:
+    if "config_digest" not in committed:
+        return "cross-machine: not compared: the committed metrics.json records no config_digest"
+    if metrics.get("config_digest") != committed.get("config_digest"):
         return (
-            f"cross-machine: not compared with the commit, whose params differ in "
-            f"{', '.join(changed)}"
+            "cross-machine: not compared: the committed result was made from other params "
+            "(`dvc params diff` names them)"
         )
-    provenance = provenance_changes(
-        metrics.get("provenance", {}), committed_metrics.get("provenance", {})
-    )
-    if metrics.get("digest") == committed_metrics.get("digest"):
+    provenance = provenance_changes(metrics.get("provenance", {}), committed.get("provenance", {}))
+    if metrics.get("digest") == committed.get("digest"):
         also = f"; provenance differs in {'; '.join(provenance)}" if provenance else ""
         return (
             f"cross-machine: this machine reproduced the committed result bit for bit "
@@ -122,19 +125,17 @@ def compare(
     why = "; ".join(provenance) if provenance else "no provenance field differs"
     return (
         f"cross-machine: this machine did NOT reproduce the committed result bit for bit: "
-        f"{largest_difference(metrics, committed_metrics)}; this machine vs the commit: {why}"
+        f"{largest_difference(metrics, committed)}; this machine vs the commit: {why}"
     )
 
 
-def compare_with_head(metrics: Mapping[str, Any], values: Mapping[str, Any], path: str) -> str:
-    """Compare ``metrics`` (made from params ``values``) with ``path`` and params.yaml at HEAD."""
-    committed_metrics = committed_text(path)
-    committed_params = committed_text("params.yaml")
-    if committed_metrics is None or committed_params is None:
+def compare_with_head(metrics: Mapping[str, Any], path: str) -> str:
+    """Compare ``metrics`` with the metrics file at ``path`` in git's HEAD."""
+    text = committed_text(path)
+    if text is None:
         return f"cross-machine: no committed {path} to compare with (commit one to compare)"
     try:
-        committed_values = parse_params(parse_yaml(committed_params, "HEAD:params.yaml")).values
-        committed = json.loads(committed_metrics)
-    except (DetflowError, ValueError):
-        return f"cross-machine: the committed params.yaml or {path} is unreadable; not compared"
-    return compare(metrics, values, committed, committed_values)
+        committed = json.loads(text)
+    except ValueError:
+        return f"cross-machine: the committed {path} is not JSON; not compared"
+    return compare(metrics, committed)

@@ -31,7 +31,6 @@ PORTABLE_ENV = {
 PORTABLE_THREADS = 1
 
 
-
 def pin_portable_cpu_path() -> None:
     """Put this process on the portable CPU path; call it before anything imports torch.
 

@@ -98,13 +98,12 @@ def composition_error(launcher: Launcher, error: Exception) -> DetflowError:
 
 def run_jobs(launcher: Launcher, seeds: Sequence[int], params_file: Path, sweep_dir: Path):
     """Sweep ``torch_seed`` over ``seeds`` through the launcher; return Hydra's JobReturns."""
+    import torch
     from hydra import initialize
     from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from hydra.types import RunMode
-
-    import torch
 
     threads = torch.get_num_threads()
     ConfigStore.instance().store(

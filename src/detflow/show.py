@@ -7,14 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from detflow.cli import DetflowError, run_main, stage_parser
-from detflow.params import DEFAULT_PARAMS, load_params
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = stage_parser(__doc__.splitlines()[0])
     parser.add_argument("--result", type=Path, default=Path("data/result.nc"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics.json"))
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     args = parser.parse_args(argv)
 
     from detflow.artifact import read_dataset
@@ -32,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = metrics.get("disagreeing_seeds") or "none"
     print(f"deterministic: {metrics.get('deterministic')} (disagreeing torch_seed: {seeds})")
     print(f"digest: {metrics.get('digest')}")
-    print(compare_with_head(metrics, load_params(args.params).values, args.metrics.as_posix()))
+    print(compare_with_head(metrics, args.metrics.as_posix()))
     return 0
 
 
