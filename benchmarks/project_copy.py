@@ -19,10 +19,18 @@ PROJECT_FILES = (
     "dvc.yaml",
     "params.yaml",
     ".dvcignore",
+    ".gitignore",
     ".dvc/config",
     ".dvc/.gitignore",
     ".dvc/plots",
     "src",
+    # What git versions of the last run, as a fresh clone has it: the lock, the metrics and
+    # plots that the cross-machine check and `dvc metrics diff` compare with.
+    "dvc.lock",
+    "metrics.json",
+    "data/.gitignore",
+    "data/trials/.gitignore",
+    "data/plots",
 )
 
 
@@ -50,9 +58,10 @@ def make_copy(folder: Path, **params) -> Path:
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
-    values = yaml.safe_load((folder / "params.yaml").read_text())
-    values.update(params)
-    (folder / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    if params:  # otherwise the file stays as written, comments and layout included
+        values = yaml.safe_load((folder / "params.yaml").read_text())
+        values.update(params)
+        (folder / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
     for command in (
         ["git", "init", "-q"],
         ["git", "add", "-A"],

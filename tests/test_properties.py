@@ -1,7 +1,12 @@
-"""Property tests of the aggregate: netCDF round trips, and the verdict equals a bitwise check."""
+"""Property tests: every storable dtype goes through trial file, aggregate, plots and collect
+bit for bit, and the verdict equals a direct bitwise check."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
+import json
 import tempfile
 from pathlib import Path
 
@@ -11,12 +16,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from detflow.aggregate import combine_trials, load_trials
-from detflow.artifact import read_dataset, write_dataset
+from detflow import aggregate
+from detflow.artifact import read_dataset, read_dataset_bytes, write_arrays, write_dataset
+from detflow.collect import Experiment, merge, seed_sources, verify
 from detflow.determinism import compare_trials
 from detflow.params import parse_params
 
-DTYPES = [np.float16, np.float32, np.float64, np.int32, np.int64]
+# Every dtype the trial stage accepts (trial.STORABLE_KINDS with netCDF4's widths).
+DTYPES = [
+    np.bool_,
+    *(np.dtype(f"{kind}{nbytes}") for kind in "iu" for nbytes in (1, 2, 4, 8)),
+    np.float16,
+    np.float32,
+    np.float64,
+]
 
 
 @st.composite
@@ -42,31 +55,75 @@ def trial_sets(draw):
     return seeds, labels, arrays
 
 
-def trial_dataset(seeds, array):
+def write_trial_file(path: Path, seeds, array) -> None:
+    """As the trial stage writes it (netCDF4 alone, through write_arrays)."""
     dims = ("torch_seed", *[f"out_dim{n}" for n in range(array.ndim - 1)])
-    return xr.Dataset(
-        {"out": (dims, array)}, coords={"torch_seed": np.array(seeds, dtype=np.int64)}
+    coords = {"torch_seed": np.array(seeds, dtype=np.int64)}
+    coords.update(
+        {dim: np.arange(size) for dim, size in zip(dims[1:], array.shape[1:], strict=True)}
     )
+    write_arrays(path, {"out": (dims, array)}, coords, {"task": "t"})
 
 
-@settings(max_examples=60, deadline=None)
+def plotted_values(plot: Path, seed: int, label: str) -> list[str]:
+    rows = csv.DictReader(io.StringIO(plot.read_text()))
+    return [
+        row["value"] for row in rows if (row["torch_seed"], row["trial_id"]) == (str(seed), label)
+    ]
+
+
+def as_plotted(array: np.ndarray) -> list[str]:
+    """The CSV text of each value: bools as 1 and 0, numbers in their shortest exact form."""
+    from detflow.determinism import json_number
+
+    values = array.ravel()
+    values = values.astype(np.uint8) if values.dtype == np.bool_ else values
+    return [str(json_number(value)) for value in values[: aggregate.PLOT_MAX_POSITIONS]]
+
+
+@settings(max_examples=80, deadline=None)
 @given(trial_sets())
-def test_aggregate_round_trips_and_judges_bitwise(case):
+def test_every_dtype_goes_through_the_pipeline_bit_for_bit(case):
     seeds, labels, arrays = case
-    params = parse_params(
-        {"torch_seed": seeds, "trial_id": labels, "pre_task": None, "task": "detflow.tasks.forward"}
-    )
+    values = {"torch_seed": seeds, "trial_id": labels, "pre_task": None, "task": "m.f"}
     with tempfile.TemporaryDirectory() as folder:
-        trials_dir = Path(folder) / "trials"
+        root = Path(folder)
+        (root / "params.yaml").write_text(json.dumps(values))  # JSON is YAML
         for label, array in zip(labels, arrays, strict=True):
-            write_dataset(trial_dataset(seeds, array), trials_dir / f"{label}.nc")
-        combined = combine_trials(load_trials(trials_dir, params), {"task": params.task})
-        write_dataset(combined, Path(folder) / "result.nc")
-        xr.testing.assert_identical(read_dataset(Path(folder) / "result.nc"), combined)
+            write_trial_file(root / "trials" / f"{label}.nc", seeds, array)
+        argv = ["--params", str(root / "params.yaml"), "--trials", str(root / "trials")]
+        argv += ["--out", str(root / "result.nc"), "--metrics", str(root / "metrics.json")]
+        with contextlib.redirect_stdout(io.StringIO()):
+            aggregate.main([*argv, "--plots", str(root / "plots")])
+        result = read_dataset(root / "result.nc")
+        metrics = json.loads((root / "metrics.json").read_text())
 
-    assert combined["out"].dtype == arrays[0].dtype
-    verdict = compare_trials(combined)
+        # Aggregate: each trial's values, dtype and bits, in (torch_seed, trial_id, ...).
+        assert result["out"].dtype == arrays[0].dtype
+        for position, array in enumerate(arrays):
+            stored = result["out"].isel(trial_id=position).values
+            assert stored.tobytes() == array.tobytes()
+        # Plots: the values of every plotted seed and trial, as written.
+        for position, seed in enumerate(seeds[: aggregate.PLOT_MAX_SEEDS]):
+            for label, array in zip(labels, arrays, strict=True):
+                got = plotted_values(root / "plots" / "out.csv", seed, label)
+                assert got == as_plotted(array[position])
+        # Collect: the result read back as collect reads it, merged, written and re-read.
+        data = (root / "result.nc").read_bytes()
+        params = parse_params(values)
+        experiment = Experiment("e", "0" * 40, params, read_dataset_bytes(data, "result.nc"))
+        sources = seed_sources([experiment])
+        collected = merge(sources)
+        write_dataset(collected, root / "collected.nc")
+        reread = read_dataset(root / "collected.nc")
+        xr.testing.assert_identical(reread, collected)
+        order = np.argsort(seeds)
+        assert reread["out"].values.tobytes() == result["out"].values[order].tobytes()
+        assert verify(sources).deterministic == metrics["deterministic"]
+
+    verdict = compare_trials(result)
     for position, seed in enumerate(seeds):
         same_bits = all(a[position].tobytes() == arrays[0][position].tobytes() for a in arrays)
         assert (seed not in verdict.disagreeing_seeds) == same_bits
     assert verdict.deterministic == all(a.tobytes() == arrays[0].tobytes() for a in arrays)
+    assert metrics["deterministic"] == verdict.deterministic

@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")
     write_plots(result, verdict, args.plots)
     print(summary(result, verdict))
-    print(compare_with_head(metrics, args.metrics.as_posix()))
+    print(compare_with_head(metrics, args.metrics))
     if params.strict and not verdict.deterministic:
         seeds = ",".join(map(str, verdict.disagreeing_seeds))
         raise DetflowError(

@@ -14,6 +14,7 @@ import hashlib
 import json
 import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from detflow.params import Params
@@ -36,11 +37,15 @@ BIT_CHANGING = (
 )
 
 
-def committed_text(path: str) -> str | None:
-    """The text of ``path`` (relative to the working directory) at git's HEAD, or None."""
+def committed_text(path: Path) -> str | None:
+    """The text of the file at ``path`` in git's HEAD, or None outside git or if absent."""
     try:
         shown = subprocess.run(
-            ["git", "show", f"HEAD:./{path}"], capture_output=True, text=True, check=False
+            ["git", "show", f"HEAD:./{path.name}"],
+            cwd=path.parent if path.parent.is_dir() else None,
+            capture_output=True,
+            text=True,
+            check=False,
         )
     except OSError:  # no git on this machine
         return None
@@ -129,7 +134,7 @@ def compare(metrics: Mapping[str, Any], committed: Mapping[str, Any]) -> str:
     )
 
 
-def compare_with_head(metrics: Mapping[str, Any], path: str) -> str:
+def compare_with_head(metrics: Mapping[str, Any], path: Path) -> str:
     """Compare ``metrics`` with the metrics file at ``path`` in git's HEAD."""
     text = committed_text(path)
     if text is None:

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = metrics.get("disagreeing_seeds") or "none"
     print(f"deterministic: {metrics.get('deterministic')} (disagreeing torch_seed: {seeds})")
     print(f"digest: {metrics.get('digest')}")
-    print(compare_with_head(metrics, args.metrics.as_posix()))
+    print(compare_with_head(metrics, args.metrics))
     return 0
 
 
