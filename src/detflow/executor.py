@@ -1,10 +1,11 @@
-"""Dispatch a trial's seeds through a Hydra launcher plugin: one Hydra job per seed.
+"""How a trial's seeds run, chosen by the ``launcher`` param: a loop in this process, or one
+Hydra job per seed through a Hydra launcher plugin.
 
 detflow builds no scheduler of its own. With ``launcher: joblib`` (or ``submitit_slurm``,
-``ray``, ...) in params.yaml, the trial stage composes a one-key Hydra config
-(``torch_seed``), sweeps it over the seeds with ``hydra/launcher=<name>``, waits, and
-stacks what the jobs return exactly as the in-process loop does. Each job re-reads the
-same params file and runs the same per-seed function, so the artifact is the same bytes.
+``ray``, ...) the trial stage sweeps ``torch_seed`` over the seeds with hydra-zen's
+``launch`` and ``hydra/launcher=<name>``, waits, and returns what the jobs return, exactly as
+the loop does. Each job re-reads the same params file and runs the same per-seed function,
+so the artifact is the same bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from detflow.cli import DetflowError, one_line
+from detflow.outputs import Output
 from detflow.params import Launcher, Params, load_params
+from detflow.run import provenance, seed_runner
 
 JOB_CONFIG_NAME = "detflow_seed_job"
 
@@ -28,13 +31,24 @@ EXTRAS = {
 }
 
 
+def run_seeds(
+    params: Params, params_file: Path, work_dir: Path
+) -> tuple[list[dict[str, Output]], dict[str, str]]:
+    """Every seed's outputs, in order, and the provenance of the run: in this process when
+    ``params.launcher`` is None, else one Hydra job per seed through that launcher."""
+    if params.launcher is None:
+        run = seed_runner(params)
+        outputs = [run(seed) for seed in params.torch_seeds]
+        return outputs, provenance(params.device, params.portable)
+    seed_runner(params)  # fails here, before any job starts, on a bad config
+    return launch_seeds(params, params_file, work_dir)
+
+
 def seed_job(config: Any) -> tuple[dict[str, Any], dict[str, str]]:
     """One Hydra job: run one seed as the in-process loop would; return outputs and provenance.
 
     Module-level, so that launchers that pickle the task function (joblib, submitit) can.
     """
-    from detflow.trial import provenance, seed_runner
-
     params = load_params(Path(config.params_file))
     if params.portable:
         from detflow.cpu import pin_portable_cpu_path
@@ -75,9 +89,12 @@ def job_config(
 
 def installed_launchers() -> list[str]:
     """The names in Hydra's hydra/launcher group (plugins register on first use)."""
+    from hydra import initialize
     from hydra.core.global_hydra import GlobalHydra
 
-    return sorted(GlobalHydra.instance().config_loader().get_group_options("hydra/launcher"))
+    with initialize(version_base="1.3", config_path=None):
+        loader = GlobalHydra.instance().config_loader()
+        return sorted(loader.get_group_options("hydra/launcher"))
 
 
 def composition_error(launcher: Launcher, error: Exception) -> DetflowError:
@@ -97,30 +114,25 @@ def composition_error(launcher: Launcher, error: Exception) -> DetflowError:
 
 
 def run_jobs(launcher: Launcher, seeds: Sequence[int], params_file: Path, sweep_dir: Path):
-    """Sweep ``torch_seed`` over ``seeds`` through the launcher; return Hydra's JobReturns."""
+    """Sweep ``torch_seed`` over ``seeds`` through the launcher with hydra-zen's ``launch``;
+    return Hydra's JobReturns."""
     import torch
-    from hydra import initialize
-    from hydra.core.config_store import ConfigStore
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from hydra.types import RunMode
+    from hydra_zen import launch
 
-    threads = torch.get_num_threads()
-    ConfigStore.instance().store(
-        name=JOB_CONFIG_NAME, node=job_config(launcher, params_file, sweep_dir, threads)
-    )
-    with initialize(version_base="1.3", config_path=None):
-        hydra = GlobalHydra.instance().hydra
-        try:
-            hydra.compose_config(JOB_CONFIG_NAME, overrides=[], run_mode=RunMode.MULTIRUN)
-        except HydraException as error:
-            raise composition_error(launcher, error) from error
-        batches = hydra.multirun(
-            config_name=JOB_CONFIG_NAME,
-            task_function=seed_job,
+    config = job_config(launcher, params_file, sweep_dir, torch.get_num_threads())
+    try:
+        batches = launch(
+            config,
+            seed_job,
             overrides=[f"torch_seed={','.join(map(str, seeds))}"],
+            multirun=True,
+            version_base="1.3",
+            config_name=JOB_CONFIG_NAME,
             with_log_configuration=False,
         )
+    except HydraException as error:  # composing the launcher's config: before any job ran
+        raise composition_error(launcher, error) from error
     return [job for batch in batches for job in batch]
 
 

@@ -1,0 +1,102 @@
+"""What a task returns, as arrays netCDF can hold: checked names, storable dtypes, stacked seeds."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from detflow.cli import DetflowError, one_line
+
+# A result name becomes a netCDF variable: no slashes, nothing netCDF reserves.
+RESULT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+RESERVED_NAMES = {"torch_seed", "trial_id"}
+STORABLE_KINDS = "biuf"  # bool, signed and unsigned int, float
+
+
+@dataclass(frozen=True)
+class Output:
+    """One returned value as a numpy array, with the names of its axes if the task gave them."""
+
+    array: np.ndarray
+    dims: tuple[str, ...] | None
+
+    def describe(self) -> str:
+        return f"{self.array.dtype}{list(self.array.shape)}" + (
+            f" dims {list(self.dims)}" if self.dims else ""
+        )
+
+
+def check_name(task_name: str, what: str, name: Any) -> None:
+    if not isinstance(name, str) or not RESULT_NAME.fullmatch(name) or name in RESERVED_NAMES:
+        raise DetflowError(
+            f"task {task_name} returned the {what} {name!r}: use a name like 'out' "
+            f"(letters, digits, '_'), other than {sorted(RESERVED_NAMES)}"
+        )
+
+
+def as_storable(task_name: str, name: Any, value: Any) -> Output:
+    """Turn one returned value into an array that netCDF can hold, or say why not.
+
+    An ``xarray.DataArray`` keeps its dim names (e.g. ``epoch``); anything else gets mushin's
+    ``<name>_dim<n>``.
+    """
+    check_name(task_name, "key", name)
+    dims = None
+    if hasattr(value, "dims") and hasattr(value, "values") and not hasattr(value, "detach"):
+        dims = tuple(value.dims)
+        for dim in dims:
+            check_name(task_name, f"dim of '{name}'", dim)
+        value = value.values
+    if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except Exception as error:
+        raise DetflowError(
+            f"task {task_name} returned '{name}' as {type(value).__name__}, which is not an "
+            f"array ({one_line(error)}): return numbers, arrays or tensors"
+        ) from error
+    if array.dtype.kind not in STORABLE_KINDS:
+        raise DetflowError(
+            f"task {task_name} returned '{name}' as {type(value).__name__} of dtype {array.dtype}, "
+            f"which cannot be stored: return bool, int or float numbers, arrays or tensors"
+        )
+    return Output(array, dims)
+
+
+def storable_outputs(task_name: str, result: Any) -> dict[str, Output]:
+    """Check a task's return value: a non-empty dict of names to arrays."""
+    if not isinstance(result, Mapping) or not result:
+        raise DetflowError(
+            f"task {task_name} returned {type(result).__name__}, not a dict of arrays: "
+            f"return e.g. {{'out': tensor}}"
+        )
+    return {name: as_storable(task_name, name, value) for name, value in result.items()}
+
+
+def stack_seeds(
+    task_name: str, seeds: Sequence[int], outputs: Sequence[dict[str, Output]]
+) -> dict[str, Output]:
+    """Stack each result over seeds; every seed must return the same names, shapes and dtypes."""
+    first = outputs[0]
+    for seed, output in zip(seeds[1:], outputs[1:], strict=True):
+        if output.keys() != first.keys():
+            raise DetflowError(
+                f"task {task_name} returned keys {sorted(output)} for torch_seed {seed} but "
+                f"{sorted(first)} for torch_seed {seeds[0]}: return the same keys for every seed"
+            )
+        for name, value in output.items():
+            if value.describe() != first[name].describe():
+                raise DetflowError(
+                    f"task {task_name} returned '{name}' as {value.describe()} for "
+                    f"torch_seed {seed} but {first[name].describe()} for "
+                    f"torch_seed {seeds[0]}: return the same shape and dtype for every seed"
+                )
+    return {
+        name: Output(np.stack([output[name].array for output in outputs]), first[name].dims)
+        for name in first
+    }
