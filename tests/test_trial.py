@@ -9,6 +9,7 @@ import tasks_for_tests
 from detflow.artifact import read_dataset, write_dataset
 from detflow.cli import DetflowError
 from detflow.params import parse_params
+from detflow.run import seed_runner
 from detflow.trial import main, run_trial
 
 
@@ -79,6 +80,10 @@ def test_extra_params_bind_by_name(project_params):
             "module.bias_init is not an argument of torch.nn.Linear",
         ),
         (lambda p: p["data"].update(stop=3), "data: cannot instantiate torch.arange"),
+        (
+            lambda p: p["module"].update(_target_=None),
+            "module._target_ None is not a dotted import path",
+        ),
         (
             lambda p: p.update(task="detflow.tasks.nothing_here"),
             "task 'detflow.tasks.nothing_here' does not import",
@@ -171,3 +176,35 @@ def test_nested_configs_are_built_after_the_pre_task_for_every_seed(project_para
     for seed in (0, 1):
         got = trial["out"].sel(torch_seed=seed).values
         assert got.tobytes() == how_to_reference(seed).tobytes()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("epochs", 0, "train.epochs 0 is out of range: use a value at least 1"),
+        ("epochs", 2.5, "train.epochs 2.5 is not an int"),
+        ("lr", 0.0, "train.lr 0.0 is out of range: use a value above 0.0"),
+        ("lr", "fast", "train.lr 'fast' is not a number"),
+        ("num_workers", -1, "train.num_workers -1 is out of range"),
+        ("batch_size", True, "train.batch_size True is not an int"),
+        ("momentum", 0.9, "train.momentum is not an option of detflow.tasks.train: use epochs"),
+    ],
+)
+def test_the_training_task_checks_its_own_options(project_params, option, value, message):
+    project_params["task"] = "detflow.tasks.train"
+    project_params["train"][option] = value
+    with pytest.raises(DetflowError, match=message) as caught:
+        seed_runner(parse_params(project_params))  # before any seed runs
+    assert "\n" not in str(caught.value)
+
+
+def test_a_missing_training_option_is_named(project_params):
+    project_params["task"] = "detflow.tasks.train"
+    del project_params["train"]["lr"]
+    with pytest.raises(DetflowError, match="train has no 'lr': add it"):
+        seed_runner(parse_params(project_params))
+
+
+def test_other_tasks_ignore_the_training_options(project_params):
+    project_params["train"] = "not options at all"  # forward takes no `train`
+    assert run_trial(parse_params(project_params))["out"].shape == (2, 1)

@@ -32,16 +32,6 @@ LAUNCHER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 IN_PROCESS_LAUNCHER = "loop"
 
 REQUIRED_KEYS = ("torch_seed", "trial_id", "pre_task", "task")
-CONFIG_KEYS = ("module", "data")  # Hydra configs the how-to's task is built from
-
-# The training task's options: name -> (type, smallest allowed value).
-TRAIN_OPTIONS = {
-    "epochs": (int, 1),
-    "lr": (float, 0.0),
-    "batch_size": (int, 1),
-    "num_workers": (int, 0),
-    "n_samples": (int, 1),
-}
 
 
 @dataclass(frozen=True)
@@ -127,11 +117,8 @@ def parse_params(values: Any, source: str = "params.yaml") -> Params:
         launcher=check_launcher(values.get("launcher")),
         portable=check_flag("portable", values.get("portable", False)),
     )
-    for key in CONFIG_KEYS:
-        if key in values:
-            check_hydra_config(key, values[key])
-    if "train" in values:
-        check_train_options(values["train"])
+    # Hydra configs and a task's own options are checked where they are used, by the trial
+    # stage (detflow.run): this schema knows no task.
     return params
 
 
@@ -261,40 +248,3 @@ def check_launcher(value: Any) -> Launcher | None:
             f"submitit_local or submitit_slurm"
         )
     return Launcher(name, options)
-
-
-def check_hydra_config(key: str, value: Any) -> None:
-    """A mapping with a string ``_target_``; its arguments are checked when it is built."""
-    if not isinstance(value, dict):
-        raise DetflowError(
-            f"{key} {value!r} is not a Hydra config: give a mapping with a _target_, "
-            f"e.g. {{_target_: torch.nn.Linear, in_features: 10, out_features: 1}}"
-        )
-    target = value.get("_target_")
-    if not isinstance(target, str) or "." not in target:
-        raise DetflowError(
-            f"{key}._target_ {target!r} is not a dotted import path: give e.g. torch.nn.Linear"
-        )
-
-
-def check_train_options(value: Any) -> None:
-    """The training task's options: known names, right types, sensible minimums."""
-    if not isinstance(value, dict):
-        raise DetflowError(f"train {value!r} is not a mapping: give epochs, lr, batch_size, ...")
-    for name in value:
-        if name not in TRAIN_OPTIONS:
-            raise DetflowError(
-                f"train.{name} is not a training option: use {', '.join(TRAIN_OPTIONS)}"
-            )
-    for name, (kind, minimum) in TRAIN_OPTIONS.items():
-        if name not in value:
-            raise DetflowError(f"train has no '{name}': add it (see params.yaml)")
-        option = value[name]
-        # An int is a fine learning rate; a bool is never a count.
-        valid_type = isinstance(option, int | float) if kind is float else isinstance(option, int)
-        if isinstance(option, bool) or not valid_type:
-            expected = "an int" if kind is int else "a number"
-            raise DetflowError(f"train.{name} {option!r} is not {expected}")
-        if option < minimum or (kind is float and option == minimum):
-            bound = f"above {minimum}" if kind is float else f"at least {minimum}"
-            raise DetflowError(f"train.{name} {option!r} is out of range: use a value {bound}")

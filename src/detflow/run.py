@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from detflow.cli import DetflowError, one_line
+from detflow.options import option_values
 from detflow.outputs import Output, storable_outputs
 from detflow.params import Params
 
@@ -219,6 +220,7 @@ def seed_runner(params: Params) -> Callable[[int], dict[str, Output]]:
     for role, function in (("pre_task", pre_task), ("task", task)):
         if function is not None:
             check_arguments(role, function, values)
+            values.update(option_values(function, values))
     builders = {}
     for key, value in params.values.items():
         if is_config(value):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -41,13 +42,49 @@ def synthetic_regression(
     return inputs, inputs @ true_weight + noise
 
 
-def train(module: Any, torch_seed: int, train: dict[str, Any], device: str = "cpu") -> dict:
+@dataclass(frozen=True)
+class TrainOptions:
+    """The training task's options, the ``train:`` block of params.yaml.
+
+    detflow builds this from that block before any seed runs (an argument annotated with a
+    dataclass is built from its param), so an unknown, missing or out-of-range option stops
+    the stage with one line naming it.
+    """
+
+    epochs: int
+    lr: float
+    batch_size: int
+    num_workers: int
+    n_samples: int
+
+    def __post_init__(self) -> None:
+        for name, minimum in (
+            ("epochs", 1),
+            ("batch_size", 1),
+            ("num_workers", 0),
+            ("n_samples", 1),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} {value!r} is not an int")
+            if value < minimum:
+                raise ValueError(
+                    f"{name} {value!r} is out of range: use a value at least {minimum}"
+                )
+        # An int is a fine learning rate; a bool is never one.
+        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float):
+            raise ValueError(f"lr {self.lr!r} is not a number")
+        if self.lr <= 0:
+            raise ValueError(f"lr {self.lr!r} is out of range: use a value above 0.0")
+
+
+def train(module: Any, torch_seed: int, train: TrainOptions, device: str = "cpu") -> dict:
     """A few epochs of SGD on synthetic regression data generated from ``torch_seed``.
 
     The DataLoader shuffles with a generator seeded from ``torch_seed``, and its workers are
     seeded too, so the run is bitwise repeatable on the CPU, ``num_workers`` > 0 included.
-    ``train`` holds ``epochs``, ``lr``, ``batch_size``, ``num_workers`` and ``n_samples``.
-    Returns the loss per epoch (dim ``epoch``) and the final parameters as one vector.
+    ``train`` holds the options (``TrainOptions``). Returns the loss per epoch (dim ``epoch``)
+    and the final parameters as one vector.
     """
     import torch
     import xarray as xr
@@ -56,19 +93,19 @@ def train(module: Any, torch_seed: int, train: dict[str, Any], device: str = "cp
     in_features, out_features = module.in_features, module.out_features
     data_generator = torch.Generator().manual_seed(torch_seed)
     inputs, targets = synthetic_regression(
-        train["n_samples"], in_features, out_features, data_generator
+        train.n_samples, in_features, out_features, data_generator
     )
     loader = DataLoader(
         TensorDataset(inputs, targets),
-        batch_size=train["batch_size"],
+        batch_size=train.batch_size,
         shuffle=True,
-        num_workers=train["num_workers"],
+        num_workers=train.num_workers,
         worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(torch_seed),
     )
-    optimizer = torch.optim.SGD(module.parameters(), lr=train["lr"])
+    optimizer = torch.optim.SGD(module.parameters(), lr=train.lr)
     losses = []
-    for _ in range(train["epochs"]):
+    for _ in range(train.epochs):
         total, count = torch.zeros((), device=device), 0
         for batch_inputs, batch_targets in loader:
             batch_inputs, batch_targets = batch_inputs.to(device), batch_targets.to(device)
