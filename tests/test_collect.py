@@ -12,18 +12,10 @@ import xarray as xr
 
 from detflow.artifact import read_dataset
 from detflow.cli import DetflowError
-from detflow.collect import (
-    Experiment,
-    check_one_config,
-    check_same_layout,
-    format_seeds,
-    group_by_config,
-    group_differences,
-    merge,
-    seed_sources,
-    verify,
-)
+from detflow.collect import check_same_layout, merge, seed_sources, verify
+from detflow.experiments import Experiment, check_one_config, group_by_config, group_differences
 from detflow.params import parse_params
+from detflow.report import format_seeds
 
 TRIALS = ["a", "b", "c"]
 
@@ -131,12 +123,15 @@ def test_configs_that_differ_beyond_the_seeds_are_refused_by_name(project_params
 
 
 def test_seeds_launcher_and_strict_may_differ(project_params):
-    check_one_config(
-        [
-            experiment("a", project_params, [0]),
-            experiment("b", project_params, [1, 2], launcher="joblib", strict=True),
-        ]
-    )
+    experiments = [
+        experiment("a", project_params, [0]),
+        experiment("b", project_params, [1, 2], launcher="joblib", strict=True),
+    ]
+    check_one_config(experiments)  # no error: one config
+    assert list(group_by_config(experiments).values()) == [experiments]
+    merged = merge(seed_sources(experiments))
+    assert merged["torch_seed"].values.tolist() == [0, 1, 2]
+    assert merged["experiments"].values.tolist() == ["a", "b", "b"]
 
 
 def test_results_of_different_layouts_are_refused(project_params):

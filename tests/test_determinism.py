@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from detflow.determinism import bitwise_equal, compare_trials, content_digest, json_number
+from detflow.determinism import bitwise_equal, compare_trials, content_digest
+from detflow.report import json_number
 
 
 def result_of(values: np.ndarray, seeds=(0, 1), trials=("a", "b")) -> xr.Dataset:

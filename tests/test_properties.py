@@ -18,8 +18,9 @@ from hypothesis.extra import numpy as hnp
 
 from detflow import aggregate
 from detflow.artifact import read_dataset, read_dataset_bytes, write_arrays, write_dataset
-from detflow.collect import Experiment, merge, seed_sources, verify
+from detflow.collect import merge, seed_sources, verify
 from detflow.determinism import compare_trials
+from detflow.experiments import Experiment
 from detflow.params import parse_params
 
 # Every dtype the trial stage accepts (trial.STORABLE_KINDS with netCDF4's widths).
@@ -74,7 +75,7 @@ def plotted_values(plot: Path, seed: int, label: str) -> list[str]:
 
 def as_plotted(array: np.ndarray) -> list[str]:
     """The CSV text of each value: bools as 1 and 0, numbers in their shortest exact form."""
-    from detflow.determinism import json_number
+    from detflow.report import json_number
 
     values = array.ravel()
     values = values.astype(np.uint8) if values.dtype == np.bool_ else values

@@ -17,15 +17,16 @@ import xarray as xr
 from detflow.artifact import read_dataset, write_dataset, write_text
 from detflow.cli import DetflowError, run_main, stage_parser
 from detflow.committed import compare_with_head, config_digest
-from detflow.determinism import (
-    Verdict,
-    compare_trials,
-    content_digest,
-    disagreement_line,
-    disagreement_records,
-    json_number,
-)
+from detflow.determinism import Verdict, compare_trials, content_digest
 from detflow.params import DEFAULT_PARAMS, Params, load_params
+from detflow.report import (
+    describe,
+    disagreement_records,
+    format_seeds,
+    json_number,
+    verdict_lines,
+    verdict_record,
+)
 
 REBUILD = "run `dvc repro -f` to rebuild it"
 
@@ -33,10 +34,6 @@ REBUILD = "run `dvc repro -f` to rebuild it"
 # and at most this many positions of each variable.
 PLOT_MAX_SEEDS = 10
 PLOT_MAX_POSITIONS = 500
-
-
-def describe(variable: xr.DataArray) -> str:
-    return f"{variable.dtype}{list(variable.dims)}{list(variable.shape)}"
 
 
 def check_trial(path: Path, trial: xr.Dataset, seeds: Sequence[int]) -> None:
@@ -167,9 +164,7 @@ def build_metrics(
         for name, variable in result.data_vars.items()
     }
     return {
-        "deterministic": verdict.deterministic,
-        # A string, because `dvc metrics show` drops lists.
-        "disagreeing_seeds": ",".join(map(str, verdict.disagreeing_seeds)),
+        **verdict_record(verdict),
         "max_abs_diff": max_abs_diff if np.isfinite(max_abs_diff) else "inf",
         "n_torch_seeds": result.sizes["torch_seed"],
         "n_trials": result.sizes["trial_id"],
@@ -215,16 +210,11 @@ def write_plots(result: xr.Dataset, verdict: Verdict, plots_dir: Path) -> None:
 
 def summary(result: xr.Dataset, verdict: Verdict) -> str:
     """What a user should read in the log of `dvc repro`."""
-    n_trials = result.sizes["trial_id"]
-    seeds = ", ".join(map(str, verdict.torch_seeds))
-    if verdict.deterministic:
-        return f"deterministic: all {n_trials} trials agree bitwise for torch_seed {seeds}"
-    lines = [
-        f"NOT deterministic: trials disagree for torch_seed "
-        f"{', '.join(map(str, verdict.disagreeing_seeds))}"
-    ]
-    lines.extend(disagreement_line(d) for d in verdict.disagreements)
-    return "\n".join(lines)
+    agreeing = (
+        f"all {result.sizes['trial_id']} trials agree bitwise for torch_seed "
+        f"{format_seeds(verdict.torch_seeds)}"
+    )
+    return "\n".join(verdict_lines(verdict, agreeing, copies="trials"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

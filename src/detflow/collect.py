@@ -11,119 +11,35 @@ Experiments whose configs differ in anything but the seeds are never mixed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import sys
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from detflow.aggregate import describe
-from detflow.artifact import read_dataset_bytes, write_dataset, write_text
-from detflow.cli import DetflowError, one_line, run_main, stage_parser
-from detflow.determinism import (
-    Verdict,
-    compare_trials,
-    content_digest,
-    disagreement_line,
-    disagreement_records,
+from detflow.artifact import write_dataset, write_text
+from detflow.cli import DetflowError, run_main, stage_parser
+from detflow.determinism import Verdict, compare_trials, content_digest
+from detflow.experiments import (
+    Experiment,
+    check_one_config,
+    find_revs,
+    group_by_config,
+    group_differences,
+    read_experiments,
 )
-from detflow.params import DEFAULT_PARAMS, Params, load_params, parse_params, parse_yaml
+from detflow.params import DEFAULT_PARAMS, load_params
+from detflow.report import (
+    describe,
+    disagreement_records,
+    format_seeds,
+    verdict_lines,
+    verdict_record,
+)
 
 RESULT = "data/result.nc"
-# Params that may differ between experiments that are merged: the seeds themselves, how
-# they were run, and whether a disagreement fails the stage.
-FREE_PARAMS = ("torch_seed", "launcher", "strict")
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """One experiment's (or git rev's) params and result, read without a checkout."""
-
-    name: str
-    rev: str
-    params: Params
-    result: xr.Dataset
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.rev[:7]})"
-
-    @property
-    def seeds(self) -> list[int]:
-        return [int(seed) for seed in self.result["torch_seed"].values]
-
-
-# ---------------------------------------------------------------------------- configs
-
-
-def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested params as dotted keys, e.g. ``module.out_features``, the names users type."""
-    if isinstance(values, Mapping) and values:
-        flat: dict[str, Any] = {}
-        for key, value in values.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): values}
-
-
-def config_of(params: Params) -> dict[str, Any]:
-    """What must be equal for two experiments' numbers to be comparable."""
-    fixed = {key: value for key, value in params.values.items() if key not in FREE_PARAMS}
-    return flatten(fixed)
-
-
-def config_key(params: Params) -> str:
-    """A short, stable name for a config: the start of its sha256."""
-    text = json.dumps(config_of(params), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def group_by_config(experiments: Sequence[Experiment]) -> dict[str, list[Experiment]]:
-    groups: dict[str, list[Experiment]] = {}
-    for experiment in experiments:
-        groups.setdefault(config_key(experiment.params), []).append(experiment)
-    return groups
-
-
-def group_differences(groups: Mapping[str, Sequence[Experiment]]) -> dict[str, str]:
-    """For each config group, the values of the params that tell the groups apart."""
-    configs = {key: config_of(members[0].params) for key, members in groups.items()}
-    names = sorted({name for config in configs.values() for name in config})
-
-    def rendered(config: dict[str, Any], name: str) -> str:
-        return json.dumps(config.get(name, "<unset>"), sort_keys=True, default=str)
-
-    varying = [n for n in names if len({rendered(c, n) for c in configs.values()}) > 1]
-    return {
-        key: ", ".join(f"{name}={config.get(name)!r}" for name in varying) or "the only config"
-        for key, config in configs.items()
-    }
-
-
-def check_one_config(experiments: Sequence[Experiment]) -> None:
-    """Refuse to mix experiments whose configs differ in anything but the free params."""
-    first = experiments[0]
-    ours = config_of(first.params)
-    for other in experiments[1:]:
-        theirs = config_of(other.params)
-        differing = sorted(
-            key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)
-        )
-        if differing:
-            shown = ", ".join(
-                f"{key}={theirs.get(key)!r} vs {ours.get(key)!r}" for key in differing[:3]
-            )
-            raise DetflowError(
-                f"experiments {other.label} and {first.label} differ in {shown}: collect "
-                f"experiments of one config (name them), or pass --group-by-config"
-            )
-
-
 # ---------------------------------------------------------------------------- merging
 
 
@@ -233,17 +149,6 @@ def repeated_seeds(sources: Mapping[int, Sequence[Experiment]]) -> list[int]:
     return [seed for seed, found in sources.items() if len(found) > 1]
 
 
-def format_seeds(seeds: Iterable[int]) -> str:
-    """``0..49, 60, 62..63``: runs of consecutive seeds, so big sweeps fit on a line."""
-    runs: list[list[int]] = []
-    for seed in sorted(seeds):
-        if runs and seed == runs[-1][-1] + 1:
-            runs[-1].append(seed)
-        else:
-            runs.append([seed])
-    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}..{run[-1]}" for run in runs)
-
-
 def report(
     collected: xr.Dataset,
     verdict: Verdict,
@@ -252,8 +157,7 @@ def report(
 ) -> dict[str, Any]:
     """The JSON report written next to the collected file."""
     return {
-        "deterministic": verdict.deterministic,
-        "disagreeing_seeds": ",".join(map(str, verdict.disagreeing_seeds)),
+        **verdict_record(verdict),
         "n_torch_seeds": collected.sizes["torch_seed"],
         "n_trials": collected.sizes["trial_id"],
         "n_experiments": len(experiments),
@@ -285,95 +189,10 @@ def summary(
     repeated = repeated_seeds(sources)
     if repeated:
         lines.append(f"torch_seed {format_seeds(repeated)} ran in more than one experiment")
-    if verdict.deterministic:
-        across = " and across experiments" if repeated else ""
-        lines.append(f"deterministic: every trial agrees bitwise within each seed{across}")
-    else:
-        seeds = format_seeds(verdict.disagreeing_seeds)
-        lines.append(f"NOT deterministic: copies disagree for torch_seed {seeds}")
-        lines.extend(disagreement_line(d) for d in verdict.disagreements)
+    across = " and across experiments" if repeated else ""
+    agreeing = f"every trial agrees bitwise within each seed{across}"
+    lines.extend(verdict_lines(verdict, agreeing, copies="copies"))
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------- reading
-
-
-def resolve_revs(repo, names: Sequence[str]) -> list[tuple[str, str]]:
-    """(name, commit) for each experiment name or git rev; all of HEAD's experiments if none."""
-    if not names:
-        found = [exp for exps in repo.experiments.ls().values() for exp in exps]
-        if not found:
-            raise DetflowError(
-                "the current commit has no experiments: run `dvc exp run` or "
-                "`dvc exp pull <git remote> <name>` first, or name the revs to collect"
-            )
-        return [(name, rev) for name, rev in found if rev is not None]
-    by_name: dict[str, list[str]] = {}
-    for exps in repo.experiments.ls(all_commits=True).values():
-        for name, rev in exps:
-            by_name.setdefault(name, []).append(rev)
-    resolved: dict[str, str] = {}  # rev -> name: naming one commit twice reads it once
-    for name in names:
-        if len(by_name.get(name, [])) == 1:
-            resolved.setdefault(by_name[name][0], name)
-            continue
-        try:
-            resolved.setdefault(repo.scm.resolve_rev(name), name)
-        except Exception as error:
-            raise DetflowError(
-                f"'{name}' is neither an experiment nor a git rev ({one_line(error)}): "
-                f"see `dvc exp list`"
-            ) from error
-    return [(name, rev) for rev, name in resolved.items()]
-
-
-def find_revs(names: Sequence[str]) -> list[tuple[str, str]]:
-    from dvc.exceptions import NotDvcRepoError
-    from dvc.repo import Repo
-
-    try:
-        repo = Repo()
-    except NotDvcRepoError:
-        raise DetflowError(
-            f"{Path.cwd()} is not in a DVC project: run collect from the project's folder"
-        ) from None
-    with repo:
-        return resolve_revs(repo, names)
-
-
-def read_experiment(root: str, name: str, rev: str, result_path: str) -> Experiment:
-    """Read params.yaml and the result at ``rev`` through DVC, fetching from its remote."""
-    from dvc.fs import DVCFileSystem
-
-    label = f"{name} ({rev[:7]})"
-    fs = DVCFileSystem(url=root, rev=rev)
-    try:
-        params_values = parse_yaml(fs.read_text("params.yaml"), f"params.yaml of {label}")
-        data = fs.read_bytes(result_path)
-    except FileNotFoundError:
-        raise DetflowError(
-            f"{label} has no {result_path}: run `dvc exp pull <git remote> {name}`, or leave it out"
-        ) from None
-    except Exception as error:
-        raise DetflowError(
-            f"cannot read {result_path} of {label} ({one_line(error)}): "
-            f"`dvc exp pull <git remote> {name}` fetches it from the DVC remote"
-        ) from error
-    params = parse_params(params_values, source=f"params.yaml of {label}")
-    result = read_dataset_bytes(data, f"{result_path} of {label}")
-    return Experiment(name, rev, params, result)
-
-
-def read_experiments(revs: Sequence[tuple[str, str]], result_path: str) -> list[Experiment]:
-    from dvc.repo import Repo
-    from tqdm import tqdm
-
-    root = Repo.find_root()
-    experiments = []
-    with tqdm(revs, desc="reading experiments", unit="exp", file=sys.stderr) as progress:
-        for name, rev in progress:
-            experiments.append(read_experiment(root, name, rev, result_path))
-    return experiments
 
 
 # ---------------------------------------------------------------------------- command

@@ -17,10 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from detflow.params import Params
-
-# Params that never change the numbers: how seeds were run, and whether disagreement fails.
-NOT_NUMBERS = ("launcher", "strict")
+from detflow.params import RUN_ONLY_PARAMS, Params
 
 # Shown first when they differ: what changes the bits of the same code on a CPU or GPU.
 BIT_CHANGING = (
@@ -58,7 +55,7 @@ def config_digest(params: Params) -> str:
     Stored in metrics.json, so that a result is compared only with one made from the same
     params, whatever params.yaml says by the time the comparison runs.
     """
-    values = {key: value for key, value in params.values.items() if key not in NOT_NUMBERS}
+    values = {key: value for key, value in params.values.items() if key not in RUN_ONLY_PARAMS}
     values["torch_seed"] = list(params.torch_seeds)
     values["trial_id"] = list(params.trial_ids)
     text = json.dumps(values, sort_keys=True, default=str)

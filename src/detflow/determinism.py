@@ -6,7 +6,6 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -95,27 +94,6 @@ def compare_trials(result: xr.Dataset) -> Verdict:
     return Verdict(seeds, max_abs, tuple(disagreements))
 
 
-def disagreement_records(verdict: Verdict) -> list[dict[str, Any]]:
-    """The evidence behind a NOT deterministic verdict, as JSON."""
-    return [
-        {
-            "torch_seed": d.torch_seed,
-            "variable": d.variable,
-            "trial_id": d.trial_id,
-            "index": list(d.index),
-            "max_abs_diff": d.max_abs_diff if np.isfinite(d.max_abs_diff) else "inf",
-        }
-        for d in verdict.disagreements
-    ]
-
-
-def disagreement_line(d: Disagreement) -> str:
-    return (
-        f"  torch_seed {d.torch_seed}: '{d.variable}' first differs in trial {d.trial_id} "
-        f"at index {list(d.index)}; max |diff| {d.max_abs_diff:.9g}"
-    )
-
-
 def content_digest(dataset: xr.Dataset) -> str:
     """sha256 over every variable's name, dims, dtype, shape and values (attrs excluded).
 
@@ -149,14 +127,3 @@ def content_digest(dataset: xr.Dataset) -> str:
         digest.update(len(payload).to_bytes(8, "little"))
         digest.update(payload)
     return f"sha256:{digest.hexdigest()}"
-
-
-def json_number(value: np.generic) -> float | int | bool | str:
-    """A numpy scalar as the shortest JSON value that reads back to it; non-finite as text."""
-    if value.dtype.kind == "b":
-        return bool(value)
-    if value.dtype.kind in "iu":
-        return int(value)
-    if not np.isfinite(value):
-        return str(float(value))  # JSON has no NaN or Infinity
-    return float(str(value))  # str() of a float32 is its shortest round-trip form

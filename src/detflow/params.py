@@ -33,6 +33,10 @@ IN_PROCESS_LAUNCHER = "loop"
 
 REQUIRED_KEYS = ("torch_seed", "trial_id", "pre_task", "task")
 
+# Params that say how seeds run and whether a disagreement fails the stage: they never change
+# the numbers, so results that differ only in these are comparable.
+RUN_ONLY_PARAMS = ("launcher", "strict")
+
 
 @dataclass(frozen=True)
 class Launcher:

@@ -1,0 +1,202 @@
+"""Find a project's DVC experiments, read their params and results through DVC's public API
+(``dvc.api``), and tell their configs apart. Nothing is checked out, and the workspace is left
+as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import xarray as xr
+
+from detflow.artifact import read_dataset_bytes
+from detflow.cli import DetflowError, one_line
+from detflow.params import RUN_ONLY_PARAMS, Params, parse_params, parse_yaml
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment's (or git rev's) params and result, read without a checkout."""
+
+    name: str
+    rev: str
+    params: Params
+    result: xr.Dataset
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.rev[:7]})"
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(seed) for seed in self.result["torch_seed"].values]
+
+
+# Params that may differ between experiments that are merged: the seeds themselves, how
+# they were run, and whether a disagreement fails the stage.
+FREE_PARAMS = ("torch_seed", *RUN_ONLY_PARAMS)
+
+
+def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested params as dotted keys, e.g. ``module.out_features``, the names users type."""
+    if isinstance(values, Mapping) and values:
+        flat: dict[str, Any] = {}
+        for key, value in values.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): values}
+
+
+def config_of(params: Params) -> dict[str, Any]:
+    """What must be equal for two experiments' numbers to be comparable."""
+    fixed = {key: value for key, value in params.values.items() if key not in FREE_PARAMS}
+    return flatten(fixed)
+
+
+def config_key(params: Params) -> str:
+    """A short, stable name for a config: the start of its sha256."""
+    text = json.dumps(config_of(params), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def group_by_config(experiments: Sequence[Experiment]) -> dict[str, list[Experiment]]:
+    groups: dict[str, list[Experiment]] = {}
+    for experiment in experiments:
+        groups.setdefault(config_key(experiment.params), []).append(experiment)
+    return groups
+
+
+def group_differences(groups: Mapping[str, Sequence[Experiment]]) -> dict[str, str]:
+    """For each config group, the values of the params that tell the groups apart."""
+    configs = {key: config_of(members[0].params) for key, members in groups.items()}
+    names = sorted({name for config in configs.values() for name in config})
+
+    def rendered(config: dict[str, Any], name: str) -> str:
+        return json.dumps(config.get(name, "<unset>"), sort_keys=True, default=str)
+
+    varying = [n for n in names if len({rendered(c, n) for c in configs.values()}) > 1]
+    return {
+        key: ", ".join(f"{name}={config.get(name)!r}" for name in varying) or "the only config"
+        for key, config in configs.items()
+    }
+
+
+def check_one_config(experiments: Sequence[Experiment]) -> None:
+    """Refuse to mix experiments whose configs differ in anything but the free params."""
+    first = experiments[0]
+    ours = config_of(first.params)
+    for other in experiments[1:]:
+        theirs = config_of(other.params)
+        differing = sorted(
+            key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)
+        )
+        if differing:
+            shown = ", ".join(
+                f"{key}={theirs.get(key)!r} vs {ours.get(key)!r}" for key in differing[:3]
+            )
+            raise DetflowError(
+                f"experiments {other.label} and {first.label} differ in {shown}: collect "
+                f"experiments of one config (name them), or pass --group-by-config"
+            )
+
+
+def project_root() -> str:
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        return Repo.find_root()
+    except NotDvcRepoError:
+        raise DetflowError(
+            "this folder is not in a DVC project: run collect from the project's folder"
+        ) from None
+
+
+def full_rev(root: str, rev: str) -> str | None:
+    """The commit ``rev`` (a sha, its prefix, a branch or a tag) names, or None."""
+    shown = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return shown.stdout.strip() if shown.returncode == 0 else None
+
+
+def head_experiments(root: str) -> dict[str, str]:
+    """Name -> commit of every finished experiment of the current commit (`dvc exp show`)."""
+    import dvc.api
+
+    rows = dvc.api.exp_show(repo=root)
+    found = {}
+    for row in rows:
+        name, rev = row.get("Experiment"), row.get("rev")
+        if name and rev and row.get("State") in (None, "Success"):
+            found[name] = full_rev(root, rev) or rev
+    return found
+
+
+def find_revs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, commit) for each experiment name or git rev; all of HEAD's experiments if none."""
+    root = project_root()
+    experiments = head_experiments(root)
+    if not names:
+        if not experiments:
+            raise DetflowError(
+                "the current commit has no experiments: run `dvc exp run` or "
+                "`dvc exp pull <git remote> <name>` first, or name the revs to collect"
+            )
+        return list(experiments.items())
+    resolved: dict[str, str] = {}  # commit -> name: naming one commit twice reads it once
+    for name in names:
+        rev = experiments.get(name) or full_rev(root, name)
+        if rev is None:
+            raise DetflowError(
+                f"'{name}' is neither an experiment of the current commit nor a git rev: "
+                f"see `dvc exp list`, or `dvc exp pull <git remote> {name}` first"
+            )
+        resolved.setdefault(rev, name)
+    return [(name, rev) for rev, name in resolved.items()]
+
+
+def read_experiment(root: str, name: str, rev: str, result_path: str) -> Experiment:
+    """Read params.yaml and the result at ``rev`` through DVC, fetching from its remote."""
+    from dvc.api import DVCFileSystem
+
+    label = f"{name} ({rev[:7]})"
+    fs = DVCFileSystem(url=root, rev=rev)
+    try:
+        params_values = parse_yaml(fs.read_text("params.yaml"), f"params.yaml of {label}")
+        data = fs.read_bytes(result_path)
+    except FileNotFoundError:
+        raise DetflowError(
+            f"{label} has no {result_path}: run `dvc exp pull <git remote> {name}`, or leave it out"
+        ) from None
+    except DetflowError:
+        raise
+    except Exception as error:
+        raise DetflowError(
+            f"cannot read {result_path} of {label} ({one_line(error)}): "
+            f"`dvc exp pull <git remote> {name}` fetches it from the DVC remote"
+        ) from error
+    params = parse_params(params_values, source=f"params.yaml of {label}")
+    result = read_dataset_bytes(data, f"{result_path} of {label}")
+    return Experiment(name, rev, params, result)
+
+
+def read_experiments(revs: Sequence[tuple[str, str]], result_path: str) -> list[Experiment]:
+    """Each (name, commit)'s experiment, with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    root = project_root()
+    experiments = []
+    with tqdm(revs, desc="reading experiments", unit="exp", file=sys.stderr) as progress:
+        for name, rev in progress:
+            experiments.append(read_experiment(root, name, rev, result_path))
+    return experiments
