@@ -37,11 +37,11 @@ test-cpu-paths: setup
 
 # Speed and memory against the floor and an in-process multirun (about 7 minutes).
 bench: setup
-	python benchmarks/bench.py
+	python -m benchmarks.bench
 
 # torch_seed 0..999 x 4 trials: stage times, peak memory, result shape (about 1 minute).
 scale: setup
-	python benchmarks/scale.py
+	python -m benchmarks.scale
 
 # Optional, as root on Debian: the Slurm daemons that tests/test_launch.py starts as a
 # one-node cluster to test the submitit_slurm launcher (skipped without them).

@@ -1,6 +1,6 @@
 """Speed and memory of detflow's pipeline against the floor and an in-process Hydra multirun.
 
-Usage: python benchmarks/bench.py [--repeats 3] [--json benchmarks/results.json]
+Usage: python -m benchmarks.bench [--repeats 3] [--json benchmarks/results.json]
 
 The floor is the wall time of `python -c "import torch"` (median of 5, taken between each
 sweep's runs). For the how-to's sweep and a wide one it takes the median of `--repeats`
@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from project_copy import make_copy, run_measured, stage_commands
+from tests.project_copy import make_copy, run_measured, stage_commands
 
 from detflow.params import check_torch_seeds
 

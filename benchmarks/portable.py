@@ -1,6 +1,6 @@
 """Portable mode: its digests, for anyone to check their machine against, and its cost.
 
-Usage: python benchmarks/portable.py [--repeats 3]
+Usage: python -m benchmarks.portable [--repeats 3]
 
 1. Runs the real pipeline (`dvc repro` in a throwaway git copy) with `portable: true` for the
    how-to defaults and for the training task, and prints `metrics.json`'s digest of each:
@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from project_copy import make_copy, run_measured
+from tests.project_copy import make_copy, run_measured
 
 PYTHON = sys.executable
 TRAIN = {"task": "detflow.tasks.train", "pre_task": "detflow.seeding.seed_everything"}

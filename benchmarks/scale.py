@@ -1,6 +1,6 @@
 """Scale check: torch_seed 0..999 x 4 trials through the real pipeline.
 
-Usage: python benchmarks/scale.py [--seeds 1000] [--json scale.json]
+Usage: python -m benchmarks.scale [--seeds 1000] [--json scale.json]
 
 Prints each stage's wall time and peak memory, measured by running its command directly,
 then the wall time of a cold `dvc repro` of the whole pipeline and the shape of the result.
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from project_copy import environment, make_copy, run_measured, stage_commands
+from tests.project_copy import environment, make_copy, run_measured, stage_commands
 
 from detflow.artifact import read_dataset
 

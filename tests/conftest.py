@@ -1,24 +1,41 @@
-"""Shared fixtures: a params dict like the project's, and trial files written to tmp_path."""
+"""Shared fixtures: params built here (never read from the shipped params.yaml, which users
+edit), trial workspaces, the aggregate stage run in-process, and torch settings restored."""
 
 from __future__ import annotations
 
-import copy
+import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from detflow import aggregate
+from detflow.artifact import read_dataset, write_dataset
+from detflow.params import parse_params
+from detflow.trial import run_trial
 from dvc_project import baseline, repo  # noqa: F401  (fixtures for the e2e tests)
 from slurm_cluster import slurm  # noqa: F401  (fixture for the submitit_slurm test)
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def project_params() -> dict:
-    """A fresh copy of the project's params.yaml as a dict."""
-    return copy.deepcopy(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()))
+    """The how-to's params, as the project ships them today but built here, so that a user
+    who edits params.yaml as the README says breaks no unit test."""
+    return {
+        "pre_task": "detflow.seeding.seed_torch",
+        "task": "detflow.tasks.forward",
+        "device": "cpu",
+        "strict": False,
+        "portable": False,
+        "torch_seed": [0, 1],
+        "trial_id": ["a", "b", "c"],
+        "launcher": "loop",
+        "module": {"_target_": "torch.nn.Linear", "in_features": 10, "out_features": 1},
+        "data": {"_target_": "torch.arange", "_args_": [10.0]},
+        "train": {"epochs": 5, "lr": 0.05, "batch_size": 16, "num_workers": 0, "n_samples": 256},
+    }
 
 
 @pytest.fixture
@@ -33,15 +50,54 @@ def write_params(tmp_path):
     return write
 
 
+@pytest.fixture
+def workspace(tmp_path, project_params, write_params):
+    """params.yaml plus one trial file per trial_id (run in-process); returns the params path."""
+
+    def build(values: dict | None = None) -> Path:
+        values = values or project_params
+        params_path = write_params(values)
+        params = parse_params(values)
+        for trial_id in params.trial_ids:
+            write_dataset(run_trial(params), tmp_path / "trials" / f"{trial_id}.nc")
+        return params_path
+
+    return build
+
+
+@pytest.fixture
+def run_aggregate(tmp_path):
+    """The aggregate stage on a workspace; every output lands in tmp_path. Returns the
+    result and the metrics it wrote."""
+
+    def run(params_path: Path):
+        outputs = {
+            "--trials": tmp_path / "trials",
+            "--out": tmp_path / "result.nc",
+            "--metrics": tmp_path / "metrics.json",
+            "--plots": tmp_path / "plots",
+        }
+        argv = ["--params", str(params_path)]
+        for flag, path in outputs.items():
+            argv += [flag, str(path)]
+        aggregate.main(argv)
+        return read_dataset(outputs["--out"]), json.loads(outputs["--metrics"].read_text())
+
+    return run
+
+
 @pytest.fixture(autouse=True)
 def torch_settings_restored():
-    """Pre-tasks such as seed_everything change torch's global settings, which trial files
+    """Pre-tasks such as seed_everything change process-wide torch settings, which trial files
     record as provenance; restore them so that no test sees another test's settings."""
     saved = (
         torch.are_deterministic_algorithms_enabled(),
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
     )
     yield
     torch.use_deterministic_algorithms(saved[0])
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1:]
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1:3]
+    if saved[3] is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)

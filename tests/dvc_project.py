@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 import yaml
+
 from project_copy import environment, make_copy
 
 TRIALS = ("a", "b", "c")
@@ -80,11 +79,6 @@ def lock_md5s(repo: Path) -> dict[str, str]:
 
 def metrics(repo: Path) -> dict:
     return json.loads((repo / "metrics.json").read_text())
-
-
-def how_to_reference(seed: int) -> np.ndarray:
-    torch.manual_seed(seed)
-    return torch.nn.Linear(10, 1)(torch.arange(10.0)).detach().numpy()
 
 
 @pytest.fixture(scope="session")

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from project_copy import environment, make_copy
 
 from detflow.artifact import read_dataset
 from detflow.determinism import content_digest
-from dvc_project import TRIALS, how_to_reference, lock_md5s, metrics, start_queue, wait_for_queue
+from dvc_project import TRIALS, lock_md5s, metrics, start_queue, wait_for_queue
+from how_to import how_to_reference
+from project_copy import environment, make_copy
 
 pytestmark = pytest.mark.e2e
 

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from project_copy import environment
 
 from detflow.artifact import read_dataset
 from dvc_project import (
     TRIALS,
     dvc,
-    how_to_reference,
     lock_md5s,
     sh,
     start_queue,
     wait_for_queue,
 )
+from how_to import how_to_reference
+from project_copy import environment
 
 pytestmark = pytest.mark.e2e
 

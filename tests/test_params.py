@@ -6,7 +6,7 @@ from detflow.cli import DetflowError
 from detflow.params import TORCH_SEED_MAX, load_params, parse_params
 
 
-def test_project_params_parse(project_params):
+def test_the_how_to_params_parse(project_params):
     params = parse_params(project_params)
     assert params.torch_seeds == (0, 1)
     assert params.trial_ids == ("a", "b", "c")

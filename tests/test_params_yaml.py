@@ -87,6 +87,10 @@ def comments_with_next_key(lines: list[str]) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("overrides", OVERRIDES, ids=lambda o: " ".join(o))
 def test_exp_run_overrides_keep_the_layout(tmp_path, overrides):
     path = Path(shutil.copy(PROJECT_PARAMS, tmp_path / "params.yaml"))
+    shipped = parse_yaml(path.read_text(), "params.yaml")
+    missing = [o for o in overrides if o.split("=")[0].split(".")[0] not in shipped]
+    if missing:
+        pytest.skip(f"the shipped params.yaml has no key for {missing}")
     original = path.read_text().splitlines()
     apply_overrides(path, overrides)  # what `dvc exp run -S` does to params.yaml
     rewritten = path.read_text().splitlines()

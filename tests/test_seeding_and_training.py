@@ -17,22 +17,6 @@ from detflow.seeding import seed_everything
 from detflow.trial import run_trial
 
 
-@pytest.fixture(autouse=True)
-def restore_torch_settings():
-    """seed_everything changes process-wide torch settings; put them back after each test."""
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-    )
-    yield
-    torch.use_deterministic_algorithms(saved[0])
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1:3]
-    if saved[3] is None:
-        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-
-
 def three_trials(values: dict):
     """Three in-process trials, combined as the aggregate stage combines them."""
     params = parse_params(values)
@@ -114,31 +98,12 @@ def test_forward_on_cuda_is_deterministic(project_params):
     assert compare_trials(result).deterministic
 
 
-def run_aggregate(tmp_path, project_params, write_params):
-    from detflow.artifact import write_dataset
-
-    params = parse_params(project_params)
-    for trial_id in params.trial_ids:
-        write_dataset(run_trial(params), tmp_path / "trials" / f"{trial_id}.nc")
-    args = [
-        "--params",
-        str(write_params(project_params)),
-        "--trials",
-        str(tmp_path / "trials"),
-        "--out",
-        str(tmp_path / "result.nc"),
-        "--metrics",
-        str(tmp_path / "metrics.json"),
-        "--plots",
-        str(tmp_path / "plots"),
-    ]
-    return aggregate.main(args)
-
-
-def test_strict_fails_after_writing_the_report(tmp_path, project_params, write_params, capsys):
+def test_strict_fails_after_writing_the_report(
+    tmp_path, project_params, workspace, run_aggregate, capsys
+):
     project_params.update(pre_task=None, strict=True)
     with pytest.raises(DetflowError, match=r"^strict: trials disagree for torch_seed 0,1 "):
-        run_aggregate(tmp_path, project_params, write_params)
+        run_aggregate(workspace(project_params))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["deterministic"] is False
     assert (tmp_path / "result.nc").exists()
@@ -147,25 +112,42 @@ def test_strict_fails_after_writing_the_report(tmp_path, project_params, write_p
     assert "torch_seed 0: 'out' first differs in trial b at index [0]" in out
 
 
-def test_strict_passes_deterministic_trials(tmp_path, project_params, write_params):
+def test_strict_passes_deterministic_trials(
+    tmp_path, project_params, workspace, run_aggregate, capsys
+):
     project_params["strict"] = True
-    assert run_aggregate(tmp_path, project_params, write_params) == 0
+    result, metrics = run_aggregate(workspace(project_params))  # raises if strict fails
+    assert metrics["deterministic"] is True and result["out"].shape == (2, 3, 1)
+    assert (
+        "deterministic: all 3 trials agree bitwise for torch_seed 0..1" in capsys.readouterr().out
+    )
 
 
-def test_metrics_record_provenance(tmp_path, project_params, write_params):
-    run_aggregate(tmp_path, project_params, write_params)
-    provenance = json.loads((tmp_path / "metrics.json").read_text())["provenance"]
+def test_metrics_record_provenance(tmp_path, project_params, workspace, run_aggregate):
+    deterministic_algorithms = torch.are_deterministic_algorithms_enabled()  # seed_torch keeps it
+    _, metrics = run_aggregate(workspace(project_params))
+    provenance = metrics["provenance"]
     assert provenance["torch_version"] == torch.__version__
     assert provenance["numpy_version"] == np.__version__
     assert provenance["device"] == "cpu"
     assert provenance["cuda_version"] == str(torch.version.cuda)
-    assert provenance["deterministic_algorithms"] in ("True", "False")
-    assert {"cudnn_version", "cudnn_benchmark", "cublas_workspace_config"} <= provenance.keys()
+    assert provenance["deterministic_algorithms"] == str(deterministic_algorithms)
+    assert provenance["cudnn_benchmark"] == str(torch.backends.cudnn.benchmark)
+    expected = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    assert provenance["cudnn_version"] == str(expected)
+    workspace_config = os.environ.get("CUBLAS_WORKSPACE_CONFIG", "unset")
+    assert provenance["cublas_workspace_config"] == workspace_config
+
+    project_params["pre_task"] = "detflow.seeding.seed_everything"
+    _, metrics = run_aggregate(workspace(project_params))
+    assert metrics["provenance"]["deterministic_algorithms"] == "True"
 
 
-def test_plots_overlay_every_trial_disagreeing_seeds_first(tmp_path, project_params, write_params):
+def test_plots_overlay_every_trial_disagreeing_seeds_first(
+    tmp_path, project_params, workspace, run_aggregate
+):
     project_params.update(task="detflow.tasks.train", torch_seed=[0, 1])
-    run_aggregate(tmp_path, project_params, write_params)
+    run_aggregate(workspace(project_params))
     rows = (tmp_path / "plots" / "loss.csv").read_text().splitlines()
     assert rows[0] == "torch_seed,trial_id,index,value"
     assert len(rows) == 1 + 2 * 3 * project_params["train"]["epochs"]
@@ -173,6 +155,6 @@ def test_plots_overlay_every_trial_disagreeing_seeds_first(tmp_path, project_par
 
     project_params.update(task="detflow.tasks.forward", pre_task=None)
     project_params["torch_seed"] = list(range(12))
-    run_aggregate(tmp_path, project_params, write_params)
+    run_aggregate(workspace(project_params))
     rows = (tmp_path / "plots" / "out.csv").read_text().splitlines()
     assert len(rows) == 1 + aggregate.PLOT_MAX_SEEDS * 3

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 import tasks_for_tests
@@ -11,12 +10,7 @@ from detflow.cli import DetflowError
 from detflow.params import parse_params
 from detflow.run import seed_runner
 from detflow.trial import main, run_trial
-
-
-def how_to_reference(seed: int) -> np.ndarray:
-    """The how-to's computation, written out directly: seed, build Linear(10, 1), apply it."""
-    torch.manual_seed(seed)
-    return torch.nn.Linear(10, 1)(torch.arange(10.0)).detach().numpy()
+from how_to import how_to_reference
 
 
 def test_default_trial_is_bit_identical_to_the_how_to(project_params):

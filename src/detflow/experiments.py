@@ -130,16 +130,17 @@ def full_rev(root: str, rev: str) -> str | None:
 
 
 def head_experiments(root: str) -> dict[str, str]:
-    """Name -> commit of every finished experiment of the current commit (`dvc exp show`)."""
+    """Name -> commit of every finished experiment of the current commit (`dvc exp show`),
+    oldest first, so that the first experiment run is the reference for the others."""
     import dvc.api
 
-    rows = dvc.api.exp_show(repo=root)
-    found = {}
-    for row in rows:
-        name, rev = row.get("Experiment"), row.get("rev")
-        if name and rev and row.get("State") in (None, "Success"):
-            found[name] = full_rev(root, rev) or rev
-    return found
+    rows = [
+        row
+        for row in dvc.api.exp_show(repo=root)
+        if row.get("Experiment") and row.get("rev") and row.get("State") in (None, "Success")
+    ]
+    rows.sort(key=lambda row: (str(row.get("Created") or ""), row["Experiment"]))
+    return {row["Experiment"]: full_rev(root, row["rev"]) or row["rev"] for row in rows}
 
 
 def find_revs(names: Sequence[str]) -> list[tuple[str, str]]:

@@ -1,7 +1,7 @@
 """A throwaway git copy of the project (DVC needs a repository of its own).
 
-Shared by the benchmarks and the end-to-end tests (pyproject.toml puts benchmarks/ on
-pytest's pythonpath).
+Used by the end-to-end tests, and by the benchmarks (`python -m benchmarks.bench` imports it
+as `tests.project_copy`).
 """
 
 from __future__ import annotations
