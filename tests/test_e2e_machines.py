@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from project_copy import environment
 
 from dvc_project import metrics
+from project_copy import environment
 
 pytestmark = pytest.mark.e2e
 
