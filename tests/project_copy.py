@@ -83,7 +83,8 @@ def stage_commands(folder: Path) -> dict[str, str]:
     ).stdout.split()
     values = yaml.safe_load((folder / "params.yaml").read_text())
     commands = {
-        f"task@{t}": f"python -m detflow.trial --out data/trials/{t}.nc" for t in values["trial_id"]
+        f"task@{t}": f"python -m detflow.trial --out 'data/trials/{t}.nc'"
+        for t in values["trial_id"]
     }
     commands["aggregate"] = "python -m detflow.aggregate"
     assert set(commands) == set(listing), (commands, listing)

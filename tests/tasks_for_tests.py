@@ -85,3 +85,51 @@ def machine_dependent(module, data):
 
     offset = float(os.environ.get("DETFLOW_TEST_MACHINE", "0")) * 1e-3
     return {"out": module(data).detach() + offset}
+
+
+def returns_bfloat16(torch_seed):
+    return {"out": torch.ones(2, dtype=torch.bfloat16)}
+
+
+def returns_sparse(torch_seed):
+    return {"out": torch.eye(2).to_sparse()}
+
+
+def returns_meta(torch_seed):
+    return {"out": torch.ones(2, device="meta")}
+
+
+def returns_longdouble(torch_seed):
+    import numpy as np
+
+    return {"out": np.ones(2, dtype=np.longdouble)}
+
+
+def returns_a_dim_name(torch_seed):
+    """'out' gets the axis 'out_dim0'; a second result of that very name would clash."""
+    return {"out": torch.ones(3), "out_dim0": torch.ones(1)}
+
+
+def mutates_its_input(options, torch_seed):
+    """Changes the dict it was given: a later seed must still get the params as written."""
+    options["count"] += 1
+    return {"out": torch.tensor([options["count"], torch_seed])}
+
+
+def edits_params_on_seed_zero(torch_seed):
+    """Stands in for a user editing params.yaml while a long stage runs."""
+    from pathlib import Path
+
+    if torch_seed == 0:
+        path = Path("params.yaml")
+        path.write_text(path.read_text().replace("pre_task: tasks_for_tests", "pre_task: null #"))
+    torch.manual_seed(torch_seed)
+
+
+def changes_directory(module, data):
+    """A task that moves the working directory; the trial file must not follow it."""
+    import os
+    import tempfile
+
+    os.chdir(tempfile.mkdtemp())
+    return {"out": module(data).detach()}

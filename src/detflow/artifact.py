@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -31,15 +33,37 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        yield Path(temporary)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
+        try:
+            yield Path(temporary)
+            with open(temporary, "rb") as written:
+                os.fsync(written.fileno())
+        except Exception as error:
+            # netCDF's HDF layer reports a full disk as "NetCDF: HDF error", with no errno.
+            if disk_full(path.parent, error):
+                raise DetflowError(
+                    f"no space left on the device that holds {path} ({one_line(error)}): "
+                    f"free some space, then rerun"
+                ) from error
+            raise
         # mkstemp creates 0600; the output gets the mode any new file would (0644 under 022).
         os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+
+
+# Less free space than this after a failed write: the disk is why it failed.
+NEARLY_FULL = 1 << 20
+
+
+def disk_full(folder: Path, error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL
+    except OSError:
+        return False
 
 
 def current_umask() -> int:

@@ -4,12 +4,14 @@ Hydra job per seed through a Hydra launcher plugin.
 detflow builds no scheduler of its own. With ``launcher: joblib`` (or ``submitit_slurm``,
 ``ray``, ...) the trial stage sweeps ``torch_seed`` over the seeds with hydra-zen's
 ``launch`` and ``hydra/launcher=<name>``, waits, and returns what the jobs return, exactly as
-the loop does. Each job re-reads the same params file and runs the same per-seed function,
-so the artifact is the same bytes.
+the loop does. Each job runs the stage's own snapshot of the params through the same
+per-seed function, so the artifact is the same bytes.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -18,7 +20,7 @@ from typing import Any
 
 from detflow.cli import DetflowError, one_line
 from detflow.outputs import Output
-from detflow.params import Launcher, Params, load_params
+from detflow.params import Launcher, Params, parse_params
 from detflow.run import provenance, seed_runner
 
 JOB_CONFIG_NAME = "detflow_seed_job"
@@ -31,9 +33,7 @@ EXTRAS = {
 }
 
 
-def run_seeds(
-    params: Params, params_file: Path, work_dir: Path
-) -> tuple[list[dict[str, Output]], dict[str, str]]:
+def run_seeds(params: Params, work_dir: Path) -> tuple[list[dict[str, Output]], dict[str, str]]:
     """Every seed's outputs, in order, and the provenance of the run: in this process when
     ``params.launcher`` is None, else one Hydra job per seed through that launcher."""
     if params.launcher is None:
@@ -41,7 +41,7 @@ def run_seeds(
         outputs = [run(seed) for seed in params.torch_seeds]
         return outputs, provenance(params.device, params.portable)
     seed_runner(params)  # fails here, before any job starts, on a bad config
-    return launch_seeds(params, params_file, work_dir)
+    return launch_seeds(params, work_dir)
 
 
 def seed_job(config: Any) -> tuple[dict[str, Any], dict[str, str]]:
@@ -49,7 +49,9 @@ def seed_job(config: Any) -> tuple[dict[str, Any], dict[str, str]]:
 
     Module-level, so that launchers that pickle the task function (joblib, submitit) can.
     """
-    params = load_params(Path(config.params_file))
+    # The stage's snapshot of its params, never params.yaml: an edit during a long run must not
+    # reach the jobs that start late. Base64, so that OmegaConf never interpolates a `${...}`.
+    params = parse_params(json.loads(base64.b64decode(config.params_snapshot)))
     if params.portable:
         from detflow.cpu import pin_portable_cpu_path
 
@@ -63,8 +65,20 @@ def seed_job(config: Any) -> tuple[dict[str, Any], dict[str, str]]:
     return outputs, provenance(params.device, params.portable)
 
 
+def params_snapshot(params: Params) -> str:
+    """The params every job runs, as the stage read them (JSON is YAML, and a job parses it
+    exactly as the stage did)."""
+    try:
+        text = json.dumps(params.values, sort_keys=True)
+    except TypeError as error:
+        raise DetflowError(
+            f"params.yaml holds a value that is not plain data ({error}): quote it as a string"
+        ) from None
+    return base64.b64encode(text.encode()).decode()
+
+
 def job_config(
-    launcher: Launcher, params_file: Path, sweep_dir: Path, intra_op_threads: int
+    launcher: Launcher, params: Params, sweep_dir: Path, intra_op_threads: int
 ) -> dict[str, Any]:
     """The primary config of every job: the launcher, its options, and where Hydra may write."""
     return {
@@ -76,7 +90,7 @@ def job_config(
             "_self_",
         ],
         "torch_seed": 0,
-        "params_file": str(params_file.resolve()),
+        "params_snapshot": params_snapshot(params),
         "intra_op_threads": intra_op_threads,
         "hydra": {
             "launcher": dict(launcher.options),
@@ -113,14 +127,15 @@ def composition_error(launcher: Launcher, error: Exception) -> DetflowError:
     )
 
 
-def run_jobs(launcher: Launcher, seeds: Sequence[int], params_file: Path, sweep_dir: Path):
+def run_jobs(params: Params, sweep_dir: Path):
     """Sweep ``torch_seed`` over ``seeds`` through the launcher with hydra-zen's ``launch``;
     return Hydra's JobReturns."""
     import torch
     from hydra.errors import HydraException
     from hydra_zen import launch
 
-    config = job_config(launcher, params_file, sweep_dir, torch.get_num_threads())
+    launcher, seeds = params.launcher, params.torch_seeds
+    config = job_config(launcher, params, sweep_dir, torch.get_num_threads())
     try:
         batches = launch(
             config,
@@ -175,16 +190,14 @@ def collect_returns(
     return [by_seed[seed][0] for seed in seeds], by_seed[seeds[-1]][1]
 
 
-def launch_seeds(
-    params: Params, params_file: Path, work_dir: Path
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def launch_seeds(params: Params, work_dir: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Run every seed as a job of ``params.launcher``; Hydra's own files go in a temporary
     folder inside ``work_dir``, removed afterwards."""
     work_dir.mkdir(parents=True, exist_ok=True)
     # `*.tmp` keeps DVC from hashing it when it sits among the trial files.
     sweep_dir = Path(tempfile.mkdtemp(dir=work_dir, prefix=".detflow-launch-", suffix=".tmp"))
     try:
-        jobs = run_jobs(params.launcher, params.torch_seeds, params_file, sweep_dir)
+        jobs = run_jobs(params, sweep_dir)
         return collect_returns(params, jobs)
     finally:
         shutil.rmtree(sweep_dir, ignore_errors=True)

@@ -52,7 +52,7 @@ def as_storable(task_name: str, name: Any, value: Any) -> Output:
             check_name(task_name, f"dim of '{name}'", dim)
         value = value.values
     if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU
-        value = value.detach().cpu().numpy()
+        value = tensor_as_array(task_name, name, value)
     try:
         array = np.asarray(value)
     except Exception as error:
@@ -60,12 +60,32 @@ def as_storable(task_name: str, name: Any, value: Any) -> Output:
             f"task {task_name} returned '{name}' as {type(value).__name__}, which is not an "
             f"array ({one_line(error)}): return numbers, arrays or tensors"
         ) from error
-    if array.dtype.kind not in STORABLE_KINDS:
+    if array.dtype.kind not in STORABLE_KINDS or array.dtype.itemsize > 8:
         raise DetflowError(
             f"task {task_name} returned '{name}' as {type(value).__name__} of dtype {array.dtype}, "
-            f"which cannot be stored: return bool, int or float numbers, arrays or tensors"
+            f"which cannot be stored: return bool, int or float (16 to 64 bits) numbers, arrays "
+            f"or tensors"
         )
     return Output(array, dims)
+
+
+def tensor_as_array(task_name: str, name: str, tensor: Any) -> np.ndarray:
+    """A tensor's values on the CPU, or one line saying why they cannot be stored."""
+    layout = str(getattr(tensor, "layout", "torch.strided"))
+    kind = f"a {tensor.dtype} tensor" + ("" if layout == "torch.strided" else f" ({layout})")
+    if getattr(tensor, "is_meta", False):
+        fix = "a meta tensor has no values; return a real one"
+    elif layout != "torch.strided":
+        fix = "return it dense, e.g. tensor.to_dense()"
+    else:
+        fix = "return a dtype numpy holds, e.g. tensor.float() for bfloat16"
+    try:
+        return tensor.detach().cpu().numpy()
+    except Exception as error:
+        raise DetflowError(
+            f"task {task_name} returned '{name}' as {kind}, which cannot be stored "
+            f"({one_line(error)}): {fix}"
+        ) from error
 
 
 def storable_outputs(task_name: str, result: Any) -> dict[str, Output]:

@@ -18,8 +18,14 @@ TORCH_SEED_MAX = 2**63 - 1
 # torch_seed: 0..49 is the seeds 0 to 49, both included.
 SEED_RANGE = re.compile(r"(?P<first>[0-9]+)\.\.(?P<last>[0-9]+)")
 
-# A trial label names a file (data/trials/<label>.nc) and a DVC stage (task@<label>).
+# A trial label names a file (data/trials/<label>.nc, written through a longer temporary name)
+# and a DVC stage (task@<label>).
 TRIAL_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+TRIAL_LABEL_MAX = 100
+
+# A sweep longer than this is refused before it starts (each seed is a task run, and the
+# list lives in memory); `max_seeds` in params.yaml raises it.
+DEFAULT_MAX_SEEDS = 1_000_000
 
 DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
@@ -77,13 +83,17 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
     >>> load_params(p).torch_seeds
     (3,)
     """
+    text = read_params_bytes(path).decode("utf-8", errors="replace")
+    return parse_params(parse_yaml(text, str(path)), source=str(path))
+
+
+def read_params_bytes(path: Path) -> bytes:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_bytes()
     except FileNotFoundError:
         raise DetflowError(
             f"{path} not found: run from the project root, next to dvc.yaml"
         ) from None
-    return parse_params(parse_yaml(text, str(path)), source=str(path))
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -111,7 +121,7 @@ def parse_params(values: Any, source: str = "params.yaml") -> Params:
     if missing:
         raise DetflowError(f"{source} has no '{missing[0]}' key: add it (see README.md)")
     params = Params(
-        torch_seeds=check_torch_seeds(values["torch_seed"]),
+        torch_seeds=check_torch_seeds(values["torch_seed"], check_max_seeds(values)),
         trial_ids=check_trial_ids(values["trial_id"]),
         pre_task=check_dotted_path("pre_task", values["pre_task"], optional=True),
         task=check_dotted_path("task", values["task"], optional=False),
@@ -126,11 +136,28 @@ def parse_params(values: Any, source: str = "params.yaml") -> Params:
     return params
 
 
-def check_torch_seeds(value: Any) -> tuple[int, ...]:
+def check_max_seeds(values: Mapping[str, Any]) -> int:
+    limit = values.get("max_seeds", DEFAULT_MAX_SEEDS)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise DetflowError(f"max_seeds {limit!r} is not a positive int: e.g. {DEFAULT_MAX_SEEDS}")
+    return limit
+
+
+def check_count(value: Any, count: int, limit: int) -> None:
+    if count > limit:
+        raise DetflowError(
+            f"torch_seed {value if isinstance(value, str) else '[...]'} is {count} seeds, over "
+            f"the limit of {limit}: split the sweep into experiments (see README, Scaling out), "
+            f"or raise max_seeds in params.yaml"
+        )
+
+
+def check_torch_seeds(value: Any, limit: int = DEFAULT_MAX_SEEDS) -> tuple[int, ...]:
     """An int, a list of distinct ints in [0, 2**63 - 1], or a range "0..49", as a tuple."""
     if isinstance(value, str):
-        return check_seed_range(value)
+        return check_seed_range(value, limit)
     seeds = value if isinstance(value, list) else [value]
+    check_count(value, len(seeds), limit)
     if not seeds:
         raise DetflowError(
             "torch_seed is an empty list: give an int or a list of ints, e.g. [0, 1]"
@@ -161,7 +188,7 @@ def first_duplicate(items: list) -> Any:
     return None
 
 
-def check_seed_range(value: str) -> tuple[int, ...]:
+def check_seed_range(value: str, limit: int = DEFAULT_MAX_SEEDS) -> tuple[int, ...]:
     """``"0..49"``: every seed from the first to the last, both included.
 
     A big sweep written as a list costs a line per seed in params.yaml and in every stage
@@ -182,6 +209,7 @@ def check_seed_range(value: str) -> tuple[int, ...]:
         raise DetflowError(
             f"torch_seed {last} is out of range: use ints from 0 to {TORCH_SEED_MAX} (2**63-1)"
         )
+    check_count(value, last - first + 1, limit)
     return tuple(range(first, last + 1))
 
 
@@ -197,6 +225,11 @@ def check_trial_ids(value: Any) -> tuple[str, ...]:
         if not isinstance(label, str) or not TRIAL_LABEL.fullmatch(label):
             raise DetflowError(
                 f"trial_id {item!r} is not a valid label: use letters, digits, '_', '.' or '-'"
+            )
+        if len(label) > TRIAL_LABEL_MAX:
+            raise DetflowError(
+                f"trial_id {label[:20]}... is {len(label)} characters long: use at most "
+                f"{TRIAL_LABEL_MAX} (it names a file and a DVC stage)"
             )
         labels.append(label)
     duplicate = first_duplicate(labels)

@@ -96,6 +96,12 @@ def check_config(key: str, config: Mapping[str, Any]) -> None:
         p.kind is p.VAR_KEYWORD for p in signature.parameters.values()
     )
     for name, value in config.items():
+        interpolation = next(interpolations(value), None)
+        if interpolation is not None:
+            raise DetflowError(
+                f"{key}.{name} holds {interpolation!r}, an interpolation: an input DVC does "
+                f"not track (an environment variable, another key); write the value itself"
+            )
         if is_config(value):
             check_config(f"{key}.{name}", value)
         if (name.startswith("_") and name.endswith("_")) or accepts_any:
@@ -104,6 +110,16 @@ def check_config(key: str, config: Mapping[str, Any]) -> None:
             raise DetflowError(
                 f"{key}.{name} is not an argument of {target_path}: remove it or fix its spelling"
             )
+
+
+def interpolations(value: Any):
+    """Every string inside ``value`` that OmegaConf would interpolate (``${...}``)."""
+    if isinstance(value, str):
+        if "${" in value:
+            yield value
+    elif isinstance(value, Mapping | list | tuple):
+        for child in value.values() if isinstance(value, Mapping) else value:
+            yield from interpolations(child)
 
 
 def check_device(device: str) -> None:

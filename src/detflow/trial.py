@@ -15,7 +15,7 @@ import numpy as np
 
 from detflow.cli import DetflowError, run_main, stage_parser
 from detflow.outputs import Output, stack_seeds
-from detflow.params import DEFAULT_PARAMS, Params, load_params
+from detflow.params import DEFAULT_PARAMS, Params, load_params, read_params_bytes
 
 
 @dataclass(frozen=True)
@@ -47,23 +47,40 @@ def layout_trial(seeds: Sequence[int], stacked: dict[str, Output], attrs: dict[s
                     f"give differently sized axes different names"
                 )
             coords[dim] = np.arange(size, dtype=np.int64)
+    for name in variables:
+        if name in coords:
+            raise DetflowError(
+                f"task returned '{name}', which is also the name of an axis "
+                f"({', '.join(sorted(set(coords) - {'torch_seed'}))}): rename that result"
+            )
     return Trial(variables, coords, attrs)
 
 
-def compute_trial(params: Params, params_file: Path = DEFAULT_PARAMS, out: Path | None = None):
+def compute_trial(params: Params, out: Path | None = None):
     """Run every seed of one trial, in this process or as jobs of ``params.launcher``."""
     from detflow.executor import run_seeds
 
     # Launcher jobs write beside the output, where cluster jobs can see it too.
     work_dir = out.parent if out is not None else Path(tempfile.gettempdir())
-    outputs, attrs = run_seeds(params, params_file, work_dir)
+    outputs, attrs = run_seeds(params, work_dir)
     stacked = stack_seeds(params.task, params.torch_seeds, outputs)
     return layout_trial(params.torch_seeds, stacked, attrs)
 
 
-def run_trial(params: Params, params_file: Path = DEFAULT_PARAMS):
+def run_trial(params: Params):
     """Run one trial and return it as an ``xarray.Dataset`` (for tests and scripts)."""
-    return compute_trial(params, params_file).to_dataset()
+    return compute_trial(params).to_dataset()
+
+
+def check_unchanged(path: Path, read: bytes) -> None:
+    """DVC records params in dvc.lock when a stage ends, reading params.yaml then: had it
+    changed since this stage read it, dvc.lock would pair the new params with numbers made
+    from the old ones."""
+    if path.read_bytes() != read:
+        raise DetflowError(
+            f"{path} changed while this stage ran, so its results come from params that "
+            f"{path} no longer holds: run `dvc repro` again once no edit or other run is changing it"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,16 +89,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="netCDF file to write")
     args = parser.parse_args(argv)
 
-    params = load_params(args.params)
+    # Paths as dvc.yaml gives them, relative to where the stage started, whatever the task
+    # does to the working directory.
+    out, params_path = args.out.absolute(), args.params.absolute()
+    read = read_params_bytes(params_path)
+    params = load_params(params_path)
     if params.portable:
         from detflow.cpu import pin_portable_cpu_path
 
         pin_portable_cpu_path()  # before anything imports torch
-    trial = compute_trial(params, args.params, args.out)
+    trial = compute_trial(params, out)
+    check_unchanged(params_path, read)
 
     from detflow.artifact import write_arrays
 
-    write_arrays(args.out, trial.variables, trial.coords, trial.attrs)
+    write_arrays(out, trial.variables, trial.coords, trial.attrs)
     sizes = {dim: len(values) for dim, values in trial.coords.items()}
     print(f"wrote {args.out}: {sizes}")
     return 0
