@@ -87,6 +87,14 @@ def run_aggregate(tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def in_a_scratch_folder(tmp_path, monkeypatch):
+    """Each test runs in its own folder: a stage called in-process finds no dvc.yaml there
+    (the checkout's own would make it check the tests' tasks against the project's deps), and
+    writes nothing into the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
 def torch_settings_restored():
     """Pre-tasks such as seed_everything change process-wide torch settings, which trial files
     record as provenance; restore them so that no test sees another test's settings."""

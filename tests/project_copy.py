@@ -24,6 +24,7 @@ PROJECT_FILES = (
     ".dvc/.gitignore",
     ".dvc/plots",
     "src",
+    "tasks",
     # What git versions of the last run, as a fresh clone has it: the lock, the metrics and
     # plots that the cross-machine check and `dvc metrics diff` compare with.
     "dvc.lock",

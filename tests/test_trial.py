@@ -140,7 +140,11 @@ def test_trial_file_reads_back_identical(project_params, write_params, tmp_path)
     project_params["task"] = "tasks_for_tests.mixed_dtypes"
     out = tmp_path / "a.nc"
     main(["--params", str(write_params(project_params)), "--out", str(out)])
-    xr.testing.assert_identical(read_dataset(out), run_trial(parse_params(project_params)))
+    written = read_dataset(out)
+    # The stage adds what made the numbers: the params bound, and the code that ran.
+    assert written.attrs.pop("bound_params") == "device,portable,pre_task,task,torch_seed"
+    assert written.attrs.pop("code_digest").startswith("sha256:")
+    xr.testing.assert_identical(written, run_trial(parse_params(project_params)))
 
 
 def test_failed_trial_keeps_the_previous_artifact(project_params, write_params, tmp_path):

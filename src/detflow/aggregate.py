@@ -101,11 +101,13 @@ def load_trials(trials_dir: Path, params: Params) -> dict[str, xr.Dataset]:
 NOT_ATTRS = ("torch_seed", "trial_id", "launcher")
 
 
-def fixed_params_attrs(params: Params) -> dict[str, str | int | float]:
-    """Params that are not swept become attrs, as in mushin's ``to_xarray``."""
+def fixed_params_attrs(params: Params, bound: str | None = None) -> dict[str, str | int | float]:
+    """Params that are not swept become attrs, as in mushin's ``to_xarray``: only those that
+    made the numbers, where the trials say which they bound (``bound``, comma-separated)."""
+    made_the_numbers = set(bound.split(",")) if bound else set(params.values)
     attrs: dict[str, str | int | float] = {}
     for key, value in params.values.items():
-        if key in NOT_ATTRS:
+        if key in NOT_ATTRS or key not in made_the_numbers:
             continue
         scalar = isinstance(value, str | int | float) and not isinstance(value, bool)
         attrs[key] = value if scalar else json.dumps(value, sort_keys=True)
@@ -230,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     trials = load_trials(args.trials, params)
     # A trial's attrs are its provenance; load_trials has checked that all trials share them.
     provenance = dict(trials[params.trial_ids[0]].attrs)
-    result = combine_trials(trials, fixed_params_attrs(params))
+    bound = provenance.pop("bound_params", None)
+    result = combine_trials(trials, fixed_params_attrs(params, bound))
     verdict = compare_trials(result)
     metrics = build_metrics(result, verdict, provenance, config_digest(params))
     write_dataset(result, args.out)

@@ -52,28 +52,30 @@ def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): values}
 
 
-def config_of(params: Params) -> dict[str, Any]:
-    """What must be equal for two experiments' numbers to be comparable."""
-    fixed = {key: value for key, value in params.values.items() if key not in FREE_PARAMS}
-    return flatten(fixed)
+def config_of(experiment: Experiment) -> dict[str, Any]:
+    """What must be equal for two experiments' numbers to be comparable: the params, and the
+    code that ran (the trials' ``code_digest``), never imported or called here."""
+    values = experiment.params.values
+    fixed = {key: value for key, value in values.items() if key not in FREE_PARAMS}
+    return {**flatten(fixed), "code_digest": experiment.result.attrs.get("code_digest")}
 
 
-def config_key(params: Params) -> str:
+def config_key(experiment: Experiment) -> str:
     """A short, stable name for a config: the start of its sha256."""
-    text = json.dumps(config_of(params), sort_keys=True, default=str)
+    text = json.dumps(config_of(experiment), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def group_by_config(experiments: Sequence[Experiment]) -> dict[str, list[Experiment]]:
     groups: dict[str, list[Experiment]] = {}
     for experiment in experiments:
-        groups.setdefault(config_key(experiment.params), []).append(experiment)
+        groups.setdefault(config_key(experiment), []).append(experiment)
     return groups
 
 
 def group_differences(groups: Mapping[str, Sequence[Experiment]]) -> dict[str, str]:
     """For each config group, the values of the params that tell the groups apart."""
-    configs = {key: config_of(members[0].params) for key, members in groups.items()}
+    configs = {key: config_of(members[0]) for key, members in groups.items()}
     names = sorted({name for config in configs.values() for name in config})
 
     def rendered(config: dict[str, Any], name: str) -> str:
@@ -89,9 +91,9 @@ def group_differences(groups: Mapping[str, Sequence[Experiment]]) -> dict[str, s
 def check_one_config(experiments: Sequence[Experiment]) -> None:
     """Refuse to mix experiments whose configs differ in anything but the free params."""
     first = experiments[0]
-    ours = config_of(first.params)
+    ours = config_of(first)
     for other in experiments[1:]:
-        theirs = config_of(other.params)
+        theirs = config_of(other)
         differing = sorted(
             key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)
         )

@@ -16,6 +16,8 @@ import numpy as np
 from detflow.cli import DetflowError, run_main, stage_parser
 from detflow.outputs import Output, stack_seeds
 from detflow.params import DEFAULT_PARAMS, Params, load_params, read_params_bytes
+from detflow.run import stage_inputs
+from detflow.tracking import check_tracked, code_digest, stage_entry
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from detflow.cpu import pin_portable_cpu_path
 
         pin_portable_cpu_path()  # before anything imports torch
+    code, bound = stage_inputs(params)
+    root = Path.cwd()
+    entry = stage_entry(root / "dvc.yaml")
+    if entry is not None:
+        check_tracked(root, entry, code, bound)
     trial = compute_trial(params, out)
     check_unchanged(params_path, read)
+    # What produced the numbers, for the aggregate (which params to record) and for collect
+    # (which experiments ran the same code).
+    trial.attrs["code_digest"] = code_digest(root, code)
+    trial.attrs["bound_params"] = ",".join(sorted(bound))
 
     from detflow.artifact import write_arrays
 
