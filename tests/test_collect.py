@@ -195,3 +195,19 @@ def test_outside_a_dvc_project_collect_says_where_to_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DetflowError, match="is not in a DVC project: run collect from the project"):
         detflow.collect.main([])
+
+
+def test_collect_never_imports_what_experiments_name(project_params, collect_from, tmp_path):
+    """Another experiment's params are data to collect: its task, pre-task and targets name
+    modules that must never be imported or called here."""
+    import sys
+
+    hostile = {"task": "never_imported.run", "pre_task": "never_imported.seed"}
+    experiments = [
+        experiment(name, project_params, [seed], **hostile) for name, seed in (("m1", 0), ("m2", 1))
+    ]
+    for e in experiments:
+        e.params.values["module"]["_target_"] = "never_imported.Model"
+    assert collect_from(experiments) == 0
+    assert "never_imported" not in sys.modules
+    assert read_dataset(tmp_path / "data/collected.nc")["torch_seed"].values.tolist() == [0, 1]

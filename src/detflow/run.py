@@ -47,8 +47,7 @@ def check_arguments(role: str, function: Callable[..., Any], values: Mapping[str
         if name not in values and parameter.default is parameter.empty:
             raise DetflowError(
                 f"{role} {function.__module__}.{function.__qualname__} needs '{name}', "
-                f"which params.yaml does not define: add it there and to the stage's "
-                f"params in dvc.yaml"
+                f"which params.yaml does not define: add it to params.yaml"
             )
 
 

@@ -93,14 +93,19 @@ def check_tracked(
 
 
 def code_digest(root: Path, code: Mapping[str, Any]) -> str:
-    """sha256 of the source files that ran: detflow's own and every project-local module
-    of ``code``, by path relative to the project, so that two results are known to come from
-    the same code (a library's version is in the provenance instead)."""
+    """sha256 of the source files that ran: detflow's modules loaded in this process and every
+    project-local module of ``code``, so that two results are known to come from the same code
+    (a library's version is in the provenance instead). Call it after the run."""
     import detflow
 
     package = Path(detflow.__file__).resolve().parent
-    # detflow's files by package path, wherever it is installed; the project's by its own.
-    files = {f"detflow/{path.name}": path for path in package.glob("*.py")}
+    # detflow's modules that this process ran (the trial stage's own deps, not collect's or
+    # show's), by package path wherever it is installed; the project's by their own path.
+    files = {
+        f"detflow/{Path(module.__file__).name}": Path(module.__file__)
+        for name, module in list(sys.modules.items())
+        if (name == "detflow" or name.startswith("detflow.")) and getattr(module, "__file__", None)
+    }
     for obj in code.values():
         path = module_file(obj)
         if path is not None and project_local(path, root) and path.parent != package:
