@@ -133,3 +133,11 @@ def changes_directory(module, data):
 
     os.chdir(tempfile.mkdtemp())
     return {"out": module(data).detach()}
+
+
+class Tasks:
+    """A task reached through a class: `tasks_for_tests.Tasks.forward`, as Hydra locates it."""
+
+    @staticmethod
+    def forward(module, data):
+        return {"out": module(data).detach()}

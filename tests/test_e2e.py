@@ -135,7 +135,12 @@ def test_the_commands_table_in_order_in_one_clone(fresh_clone):
 
     # dvc repro: every stage runs, the trials agree, and the cross-machine line is right.
     log = run(repo, "dvc repro")
-    assert all(f"Running stage 'task@{t}'" in log for t in TRIALS)
+    assert "Running stage 'task@a'" in log
+    # Once task@a has reproduced the bytes the committed dvc.lock names, DVC restores the
+    # other trials from them instead of running them (the README says so); else it runs them.
+    for trial in TRIALS[1:]:
+        ran = f"Running stage 'task@{trial}'" in log
+        assert ran or f"Stage 'task@{trial}' is cached - skipping run" in log
     md5s = lock_md5s(repo)
     assert len({md5s[f"data/trials/{t}.nc"] for t in TRIALS}) == 1
     result = read_dataset(repo / "data/result.nc")

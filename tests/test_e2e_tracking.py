@@ -82,3 +82,12 @@ def test_collect_keeps_results_of_different_code_apart(repo):
     )
     assert grouped.returncode == 0, grouped.stderr
     assert len(list(repo.glob("data/collected-*.nc"))) == 2
+
+
+def test_no_label_reaches_the_shell(repo):
+    params = (repo / "params.yaml").read_text()
+    params = params.replace("trial_id:\n- a\n- b\n- c", "trial_id:\n- a\n- $(touch pwned)")
+    (repo / "params.yaml").write_text(params)
+    failed = dvc(repo, "repro", check=False)
+    assert not (repo / "pwned").exists()
+    assert "trial_id '$(touch pwned)' is not a valid label" in failed

@@ -53,3 +53,28 @@ def test_tracked_inputs_run_and_the_code_is_recorded(tmp_path, project_params, m
     (tmp_path / "mine" / "tasks.py").write_text(LOCAL_TASK.replace("* scale", "* scale * 1"))
     main(["--out", "a.nc"])
     assert read_dataset(tmp_path / "a.nc").attrs["code_digest"] != first["code_digest"]
+
+
+def test_the_engine_modules_are_the_task_stage_deps():
+    """code_digest hashes ENGINE_MODULES; the shipped task stage must depend on each."""
+    from pathlib import Path
+
+    import detflow
+    from detflow.tracking import ENGINE_MODULES, stage_entry
+
+    package = Path(detflow.__file__).parent
+    entry = stage_entry(Path(__file__).resolve().parents[1] / "dvc.yaml")
+    deps = set(entry["deps"])
+    for name in ENGINE_MODULES:
+        assert (package / f"{name}.py").is_file()
+        assert f"src/detflow/{name}.py" in deps, name
+    used = {path.stem for path in package.glob("*.py")} - set(ENGINE_MODULES)
+    assert used == {
+        "aggregate",
+        "collect",
+        "committed",
+        "determinism",
+        "experiments",
+        "report",
+        "show",
+    }

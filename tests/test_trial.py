@@ -206,3 +206,9 @@ def test_a_missing_training_option_is_named(project_params):
 def test_other_tasks_ignore_the_training_options(project_params):
     project_params["train"] = "not options at all"  # forward takes no `train`
     assert run_trial(parse_params(project_params))["out"].shape == (2, 1)
+
+
+def test_dotted_paths_resolve_as_hydra_resolves_them(project_params):
+    project_params["task"] = "tasks_for_tests.Tasks.forward"  # module.Class.method
+    out = run_trial(parse_params(project_params))["out"]
+    assert out.sel(torch_seed=1).values.tobytes() == how_to_reference(1).tobytes()

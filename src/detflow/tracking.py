@@ -21,6 +21,24 @@ from detflow.params import parse_yaml
 
 STAGE = "task"
 
+# detflow's modules that a trial runs: the task stage's deps in dvc.yaml, and its code_digest.
+ENGINE_MODULES = (
+    "__init__",
+    "artifact",
+    "cli",
+    "configs",
+    "cpu",
+    "executor",
+    "options",
+    "outputs",
+    "params",
+    "run",
+    "seeding",
+    "tasks",
+    "tracking",
+    "trial",
+)
+
 
 def stage_entry(dvc_yaml: Path, stage: str = STAGE) -> Mapping[str, Any] | None:
     """The stage's entry in dvc.yaml, or None where there is no such file or stage (a stage
@@ -93,19 +111,15 @@ def check_tracked(
 
 
 def code_digest(root: Path, code: Mapping[str, Any]) -> str:
-    """sha256 of the source files that ran: detflow's modules loaded in this process and every
+    """sha256 of the source files that make a trial's numbers: detflow's engine and every
     project-local module of ``code``, so that two results are known to come from the same code
-    (a library's version is in the provenance instead). Call it after the run."""
+    (a library's version is in the provenance instead)."""
     import detflow
 
     package = Path(detflow.__file__).resolve().parent
-    # detflow's modules that this process ran (the trial stage's own deps, not collect's or
-    # show's), by package path wherever it is installed; the project's by their own path.
-    files = {
-        f"detflow/{Path(module.__file__).name}": Path(module.__file__)
-        for name, module in list(sys.modules.items())
-        if (name == "detflow" or name.startswith("detflow.")) and getattr(module, "__file__", None)
-    }
+    # The engine's modules, by package path wherever detflow is installed; the same set
+    # whichever path ran (a launcher's stage process never imports the provenance modules).
+    files = {f"detflow/{name}.py": package / f"{name}.py" for name in ENGINE_MODULES}
     for obj in code.values():
         path = module_file(obj)
         if path is not None and project_local(path, root) and path.parent != package:
