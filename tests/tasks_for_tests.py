@@ -141,3 +141,11 @@ class Tasks:
     @staticmethod
     def forward(module, data):
         return {"out": module(data).detach()}
+
+
+def slow_seed(torch_seed):
+    """The how-to's pre-task, a second per seed slower: time for a second run to start."""
+    import time
+
+    time.sleep(1.0)
+    torch.manual_seed(torch_seed)

@@ -88,7 +88,9 @@ def test_a_trial_from_other_seeds_is_refused(
     workspace()
     project_params["torch_seed"] = [0, 1, 2]
     with pytest.raises(
-        DetflowError, match=r"holds torch_seed \[0, 1\] but params.yaml has \[0, 1, 2\]"
+        DetflowError,
+        match=r"holds torch_seed 0..1 but params.yaml has 0..2: params.yaml changed after that "
+        r"trial ran \(an edit, or another run in this workspace\)",
     ):
         run_aggregate(write_params(project_params))
     assert not (tmp_path / "result.nc").exists()

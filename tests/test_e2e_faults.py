@@ -149,3 +149,39 @@ def test_last_good_result_comes_back_after_a_failure(repo, failure):
         dvc(repo, "checkout")
     assert {name: md5(repo / name) for name in kept} == good
     assert "Data and pipelines are up to date." in dvc(repo, "status")
+
+
+def test_two_exp_runs_in_one_workspace_never_pass_off_mixed_numbers(repo):
+    """A second `dvc exp run` rewrites params.yaml under the first: the first's trial stage
+    names that, the second fails on DVC's lock, and nothing reports numbers of other params."""
+    tests_dir = Path(__file__).resolve().parent
+    env = {**environment(), "PYTHONPATH": str(tests_dir)}
+    set_params(repo, pre_task="tasks_for_tests.slow_seed", torch_seed=[0, 1, 2])
+    first = start_dvc(repo, "exp", "run", env=env)
+    wait_for(lambda: not (repo / "data/trials/a.nc").exists(), "the first run to start")
+    second = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "torch_seed=[5]"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    first_output, _ = first.communicate(timeout=300)
+    outputs = {"first": (first.returncode, first_output)}
+    outputs["second"] = (second.returncode, second.stdout + second.stderr)
+    first_code, first_log = outputs["first"]
+    second_code, second_log = outputs["second"]
+    # The second's -S rewrote params.yaml before DVC's lock stopped it; the first names that.
+    locked = (
+        "is busy, it is being blocked by" in second_log or "Unable to acquire lock" in second_log
+    )
+    assert second_code != 0 and locked, second_log
+    assert first_code != 0, first_log
+    assert "params.yaml no longer holds: run `dvc repro` again once no edit" in first_log
+    assert "Traceback" not in first_log + second_log
+    # Whatever the workspace holds now agrees with what dvc.lock says made it.
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    locked_seeds = lock["stages"]["aggregate"]["params"]["params.yaml"]["torch_seed"]
+    if (repo / "data/result.nc").exists() and first.returncode == 0:
+        result = read_dataset(repo / "data/result.nc")
+        assert result["torch_seed"].values.tolist() == locked_seeds

@@ -91,3 +91,30 @@ def test_no_label_reaches_the_shell(repo):
     failed = dvc(repo, "repro", check=False)
     assert not (repo / "pwned").exists()
     assert "trial_id '$(touch pwned)' is not a valid label" in failed
+
+
+def repro_with_test_task(repo: Path, task: str, check: bool = True) -> str:
+    params = (repo / "params.yaml").read_text()
+    params = params.replace("task: detflow.tasks.forward", f"task: tasks_for_tests.{task}")
+    (repo / "params.yaml").write_text(params)
+    env = {**environment(), "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert (done.returncode == 0) == check, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def test_a_task_that_changes_directory_still_writes_where_dvc_yaml_says(repo):
+    repro_with_test_task(repo, "changes_directory")
+    result = read_dataset(repo / "data/result.nc")
+    assert result["out"].sel(torch_seed=1, trial_id="c").values.tobytes() == (
+        how_to_reference(1).tobytes()
+    )
+
+
+def test_an_unstorable_return_is_one_line_through_dvc(repo):
+    failed = repro_with_test_task(repo, "returns_bfloat16", check=False)
+    assert "detflow: error: task tasks_for_tests.returns_bfloat16 returned 'out' as a " in failed
+    assert "torch.bfloat16 tensor, which cannot be stored" in failed
+    assert "Traceback" not in failed

@@ -43,7 +43,9 @@ def check_trial(path: Path, trial: xr.Dataset, seeds: Sequence[int]) -> None:
     found = [int(seed) for seed in trial["torch_seed"].values]
     if found != list(seeds):
         raise DetflowError(
-            f"{path} holds torch_seed {found} but params.yaml has {list(seeds)}: {REBUILD}"
+            f"{path} holds torch_seed {format_seeds(found)} but params.yaml has "
+            f"{format_seeds(seeds)}: params.yaml changed after that trial ran (an edit, or "
+            f"another run in this workspace); {REBUILD} once nothing else is running"
         )
     if not trial.data_vars:
         raise DetflowError(f"{path} holds no results: {REBUILD}")
