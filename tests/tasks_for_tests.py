@@ -149,3 +149,7 @@ def slow_seed(torch_seed):
 
     time.sleep(1.0)
     torch.manual_seed(torch_seed)
+
+
+def returns_four_megabytes(torch_seed):
+    return {"out": torch.zeros(1_000_000)}

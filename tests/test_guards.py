@@ -8,6 +8,8 @@ import shutil
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detflow.artifact import atomic_path, read_dataset
 from detflow.cli import DetflowError
@@ -150,3 +152,56 @@ def test_launcher_jobs_run_the_stage_snapshot_not_the_edited_file(
     assert "pre_task: null" in (tmp_path / "params.yaml").read_text()  # the edit happened
     for seed, output in zip(params.torch_seeds, outputs, strict=True):
         assert output["out"].array.tobytes() == how_to_reference(seed).tobytes()  # seeded
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB file system (tmpfs; needs root, as CI has), unmounted afterwards."""
+    import subprocess
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_really_full_disk_says_so_and_keeps_the_last_good_file(
+    project_params, tmp_path, small_disk
+):
+    out = small_disk / "a.nc"
+    out.write_text("the last good file")
+    project_params.update(task="tasks_for_tests.returns_four_megabytes", pre_task=None)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(project_params))
+    with pytest.raises(DetflowError, match=r"no space left on the device that holds .*a\.nc"):
+        main(["--params", "params.yaml", "--out", str(out)])
+    assert out.read_text() == "the last good file"
+    assert [path.name for path in small_disk.iterdir()] == ["a.nc"]  # no temporary left
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seeds=st.lists(st.integers(0, 2**32), min_size=1, max_size=6, unique=True),
+    count=st.integers(-5, 5),
+)
+def test_any_seed_gives_the_same_bytes_in_the_loop_as_alone(seeds, count):
+    """Property: whatever the seeds and the input, a task that mutates its input gives each
+    seed the bytes that seed gives when it runs alone."""
+    values = {
+        "torch_seed": seeds,
+        "trial_id": ["a"],
+        "pre_task": None,
+        "task": "tasks_for_tests.mutates_its_input",
+        "options": {"count": count},
+    }
+    together = run_trial(parse_params(values))["out"].values
+    for position, seed in enumerate(seeds):
+        alone = run_trial(parse_params({**values, "torch_seed": [seed]}))["out"].values
+        assert alone[0].tobytes() == together[position].tobytes()
