@@ -212,3 +212,20 @@ def test_dotted_paths_resolve_as_hydra_resolves_them(project_params):
     project_params["task"] = "tasks_for_tests.Tasks.forward"  # module.Class.method
     out = run_trial(parse_params(project_params))["out"]
     assert out.sel(torch_seed=1).values.tobytes() == how_to_reference(1).tobytes()
+
+
+def test_long_stages_show_seeds_done_rate_and_eta(
+    project_params, write_params, monkeypatch, capsys
+):
+    import detflow.executor
+
+    monkeypatch.setattr(detflow.executor, "PROGRESS_DELAY_S", 0.0)  # as if the stage were long
+    project_params["torch_seed"] = "0..2"
+    main(["--params", str(write_params(project_params)), "--out", "a.nc"])
+    shown = capsys.readouterr().err
+    assert "a seeds: 100%" in shown and "3/3" in shown and "seed/s" in shown
+
+
+def test_short_stages_show_no_progress(project_params, write_params, capsys):
+    main(["--params", str(write_params(project_params)), "--out", "a.nc"])
+    assert "seeds:" not in capsys.readouterr().err

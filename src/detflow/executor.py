@@ -13,8 +13,9 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,37 @@ EXTRAS = {
 }
 
 
-def run_seeds(params: Params, work_dir: Path) -> tuple[list[dict[str, Output]], dict[str, str]]:
+# A stage shorter than this shows no progress; a longer one updates at most once a second, so
+# that a log (dvc repro's output in CI) gets a line a second, not one per seed.
+PROGRESS_DELAY_S = 2.0
+PROGRESS_INTERVAL_S = 1.0
+
+
+def progress(seeds: Sequence[int], label: str) -> Iterable[int]:
+    """``seeds``, with seeds done and total, the rate and the ETA on stderr (the terminal
+    where `dvc repro` runs) once the stage has taken a while."""
+    from tqdm import tqdm
+
+    return tqdm(
+        seeds,
+        desc=label,
+        unit="seed",
+        file=sys.stderr,
+        delay=PROGRESS_DELAY_S,
+        mininterval=PROGRESS_INTERVAL_S,
+        maxinterval=PROGRESS_INTERVAL_S * 10,
+        dynamic_ncols=True,
+    )
+
+
+def run_seeds(
+    params: Params, work_dir: Path, label: str = "seeds"
+) -> tuple[list[dict[str, Output]], dict[str, str]]:
     """Every seed's outputs, in order, and the provenance of the run: in this process when
     ``params.launcher`` is None, else one Hydra job per seed through that launcher."""
     if params.launcher is None:
         run = seed_runner(params)
-        outputs = [run(seed) for seed in params.torch_seeds]
+        outputs = [run(seed) for seed in progress(params.torch_seeds, label)]
         return outputs, provenance(params.device, params.portable)
     seed_runner(params)  # fails here, before any job starts, on a bad config
     return launch_seeds(params, work_dir)

@@ -64,7 +64,8 @@ def compute_trial(params: Params, out: Path | None = None):
 
     # Launcher jobs write beside the output, where cluster jobs can see it too.
     work_dir = out.parent if out is not None else Path(tempfile.gettempdir())
-    outputs, attrs = run_seeds(params, work_dir)
+    label = f"{out.stem} seeds" if out is not None else "seeds"
+    outputs, attrs = run_seeds(params, work_dir, label)
     stacked = stack_seeds(params.task, params.torch_seeds, outputs)
     return layout_trial(params.torch_seeds, stacked, attrs)
 
