@@ -3,8 +3,8 @@ is checked, and every refusal is one line that names the value and the fix."""
 
 from __future__ import annotations
 
-import os
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -91,10 +91,10 @@ def test_a_full_disk_says_so(tmp_path, monkeypatch):
     assert target.read_text() == "the last good file"
 
 
-def write_and_run(tmp_path, values: dict, out: str = "a.nc") -> bytes:
+def write_and_run(tmp_path, values: dict, out: str = "a.nc") -> Path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(values))
     main(["--params", "params.yaml", "--out", out])
-    return (tmp_path / out).read_bytes()
+    return tmp_path / out
 
 
 @pytest.mark.parametrize("launcher", ["loop", "basic"])
@@ -113,19 +113,14 @@ def test_seeds_are_isolated_in_the_loop_a_launcher_and_alone(project_params, tmp
     monkeypatch.chdir(tmp_path)
     project_params.update(task="tasks_for_tests.mutates_its_input", pre_task=None)
     project_params.update(options={"count": 0}, torch_seed=[0, 1, 2])
-    loop = read_dataset_values(write_and_run(tmp_path, project_params, "loop.nc"), tmp_path)
+    loop = read_dataset(write_and_run(tmp_path, project_params, "loop.nc"))["out"].values
     assert loop.tolist() == [[1, 0], [1, 1], [1, 2]]  # every seed saw count 0
     project_params["launcher"] = "basic"
     launched = write_and_run(tmp_path, project_params, "launched.nc")
-    assert launched == (tmp_path / "loop.nc").read_bytes()
+    assert launched.read_bytes() == (tmp_path / "loop.nc").read_bytes()
     project_params.update(torch_seed=[2], launcher="loop")
-    alone = read_dataset_values(write_and_run(tmp_path, project_params, "alone.nc"), tmp_path)
+    alone = read_dataset(write_and_run(tmp_path, project_params, "alone.nc"))["out"].values
     assert alone.tolist() == [loop.tolist()[2]]
-
-
-def read_dataset_values(_: bytes, folder) -> object:
-    newest = max(folder.glob("*.nc"), key=os.path.getmtime)
-    return read_dataset(newest)["out"].values
 
 
 def test_the_output_goes_where_the_stage_was_told(project_params, tmp_path, monkeypatch):

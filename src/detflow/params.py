@@ -83,7 +83,13 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
     >>> load_params(p).torch_seeds
     (3,)
     """
-    text = read_params_bytes(path).decode("utf-8", errors="replace")
+    return params_from_bytes(read_params_bytes(path), path)
+
+
+def params_from_bytes(data: bytes, path: Path) -> Params:
+    """Validate the params file ``path`` as already read, e.g. by a stage that checks later
+    that the file still holds these bytes."""
+    text = data.decode("utf-8", errors="replace")
     return parse_params(parse_yaml(text, str(path)), source=str(path))
 
 

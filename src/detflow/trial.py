@@ -15,7 +15,7 @@ import numpy as np
 
 from detflow.cli import DetflowError, run_main, stage_parser
 from detflow.outputs import Output, stack_seeds
-from detflow.params import DEFAULT_PARAMS, Params, load_params, read_params_bytes
+from detflow.params import DEFAULT_PARAMS, Params, params_from_bytes, read_params_bytes
 from detflow.run import stage_inputs
 from detflow.tracking import check_tracked, code_digest, stage_entry
 
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # does to the working directory.
     out, params_path = args.out.absolute(), args.params.absolute()
     read = read_params_bytes(params_path)
-    params = load_params(params_path)
+    params = params_from_bytes(read, params_path)  # the very bytes check_unchanged compares
     if params.portable:
         from detflow.cpu import pin_portable_cpu_path
 
