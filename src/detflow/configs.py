@@ -99,14 +99,19 @@ def check_config(key: str, config: Mapping[str, Any]) -> None:
             )
 
 
+def children(value: Any) -> list[tuple[Any, Any]]:
+    """(key or index, child) of a mapping or a list inside a config; none for a scalar."""
+    if isinstance(value, Mapping):
+        return list(value.items())
+    return list(enumerate(value)) if isinstance(value, list | tuple) else []
+
+
 def interpolations(value: Any):
     """Every string inside ``value`` that OmegaConf would interpolate (``${...}``)."""
-    if isinstance(value, str):
-        if "${" in value:
-            yield value
-    elif isinstance(value, Mapping | list | tuple):
-        for child in value.values() if isinstance(value, Mapping) else value:
-            yield from interpolations(child)
+    if isinstance(value, str) and "${" in value:
+        yield value
+    for _, child in children(value):
+        yield from interpolations(child)
 
 
 def config_targets(key: str, value: Any) -> dict[str, Any]:
@@ -114,10 +119,8 @@ def config_targets(key: str, value: Any) -> dict[str, Any]:
     found = {}
     if is_config(value) and isinstance(value["_target_"], str):
         found[f"{key}._target_ {value['_target_']}"] = locate(f"{key}._target_", value["_target_"])
-    if isinstance(value, Mapping | list | tuple):
-        children = value.items() if isinstance(value, Mapping) else enumerate(value)
-        for name, child in children:
-            found.update(config_targets(f"{key}.{name}", child))
+    for name, child in children(value):
+        found.update(config_targets(f"{key}.{name}", child))
     return found
 
 
@@ -137,10 +140,7 @@ def instantiate(key: str, config: Mapping[str, Any]) -> Any:
 
 def has_nested_config(value: Any) -> bool:
     """True if a config holds another config anywhere inside it."""
-    if not isinstance(value, Mapping | list | tuple):
-        return False
-    children = value.values() if isinstance(value, Mapping) else value
-    return any(is_config(child) or has_nested_config(child) for child in children)
+    return any(is_config(child) or has_nested_config(child) for _, child in children(value))
 
 
 def config_builder(key: str, config: Mapping[str, Any]) -> Callable[[], Any]:
