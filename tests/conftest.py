@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from detflow import aggregate
-from detflow.artifact import read_dataset, write_dataset
+from detflow.artifact import read_dataset
 from detflow.params import parse_params
-from detflow.trial import run_trial
+from detflow.trial import write_trial
 from dvc_project import baseline, repo  # noqa: F401  (fixtures for the e2e tests)
 from slurm_cluster import slurm  # noqa: F401  (fixture for the submitit_slurm test)
 
@@ -59,7 +59,7 @@ def workspace(tmp_path, project_params, write_params):
         params_path = write_params(values)
         params = parse_params(values)
         for trial_id in params.trial_ids:
-            write_dataset(run_trial(params), tmp_path / "trials" / f"{trial_id}.nc")
+            write_trial(params, tmp_path / "trials" / f"{trial_id}.nc")
         return params_path
 
     return build

@@ -9,7 +9,7 @@ import xarray as xr
 from detflow import aggregate
 from detflow.artifact import read_dataset, write_dataset
 from detflow.cli import DetflowError
-from detflow.determinism import content_digest
+from detflow.determinism import compare_trials, content_digest
 from detflow.params import parse_params
 
 
@@ -49,11 +49,13 @@ def test_result_records_provenance_and_fixed_params(tmp_path, workspace, run_agg
 def test_written_result_round_trips(tmp_path, workspace, run_aggregate, project_params):
     params_path = workspace()
     params = parse_params(project_params)
-    in_memory = aggregate.combine_trials(
-        aggregate.load_trials(tmp_path / "trials", params), aggregate.fixed_params_attrs(params)
-    )
-    result, _ = run_aggregate(params_path)
+    trials = {t: read_dataset(tmp_path / "trials" / f"{t}.nc") for t in params.trial_ids}
+    in_memory = aggregate.combine_trials(trials, aggregate.fixed_params_attrs(params))
+    result, metrics = run_aggregate(params_path)
     xr.testing.assert_identical(result, in_memory)
+    # The streamed digest and verdict are those of the in-memory result.
+    assert metrics["digest"] == content_digest(in_memory)
+    assert metrics["deterministic"] == compare_trials(in_memory).deterministic
 
 
 def test_without_pre_task_every_seed_disagrees(tmp_path, workspace, run_aggregate, project_params):

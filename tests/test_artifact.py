@@ -8,7 +8,9 @@ import stat
 import numpy as np
 import pytest
 
-from detflow.artifact import write_arrays, write_text
+from detflow.artifact import write_text
+from detflow.outputs import Output
+from detflow.trial_file import trial_file
 
 
 @pytest.fixture
@@ -22,7 +24,8 @@ def umask():
 def test_outputs_honour_the_umask(tmp_path, umask, mask, mode):
     umask(mask)
     write_text(tmp_path / "metrics.json", "{}\n")
-    seeds = np.array([0], dtype=np.int64)
-    write_arrays(tmp_path / "a.nc", {"out": (("torch_seed",), seeds)}, {"torch_seed": seeds}, {})
+    with trial_file(tmp_path / "a.nc", "t", [0]) as writer:
+        writer.add({"out": Output(np.float32(1.0), None)})
+        writer.finish({})
     for name in ("metrics.json", "a.nc"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode

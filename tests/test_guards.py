@@ -143,7 +143,8 @@ def test_launcher_jobs_run_the_stage_snapshot_not_the_edited_file(
     project_params["torch_seed"] = [0, 1, 2]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(project_params))
     params = load_params(tmp_path / "params.yaml")
-    outputs, _ = run_seeds(params, tmp_path)
+    outputs = []
+    run_seeds(params, tmp_path, outputs.append)
     assert "pre_task: null" in (tmp_path / "params.yaml").read_text()  # the edit happened
     for seed, output in zip(params.torch_seeds, outputs, strict=True):
         assert output["out"].array.tobytes() == how_to_reference(seed).tobytes()  # seeded

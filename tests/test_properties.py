@@ -17,11 +17,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from detflow import aggregate
-from detflow.artifact import read_dataset, read_dataset_bytes, write_arrays, write_dataset
+from detflow.artifact import read_dataset, read_dataset_bytes, write_dataset
 from detflow.collect import merge, seed_sources, verify
 from detflow.determinism import compare_trials
 from detflow.experiments import Experiment
+from detflow.outputs import Output
 from detflow.params import parse_params
+from detflow.trial_file import trial_file
 
 # Every dtype the trial stage accepts (trial.STORABLE_KINDS with netCDF4's widths).
 DTYPES = [
@@ -57,13 +59,11 @@ def trial_sets(draw):
 
 
 def write_trial_file(path: Path, seeds, array) -> None:
-    """As the trial stage writes it (netCDF4 alone, through write_arrays)."""
-    dims = ("torch_seed", *[f"out_dim{n}" for n in range(array.ndim - 1)])
-    coords = {"torch_seed": np.array(seeds, dtype=np.int64)}
-    coords.update(
-        {dim: np.arange(size) for dim, size in zip(dims[1:], array.shape[1:], strict=True)}
-    )
-    write_arrays(path, {"out": (dims, array)}, coords, {"task": "t"})
+    """As the trial stage writes it (netCDF4 alone, seed by seed, through trial_file)."""
+    with trial_file(path, "t", seeds) as writer:
+        for values in array:
+            writer.add({"out": Output(values, None)})
+        writer.finish({"task": "t"})
 
 
 def plotted_values(plot: Path, seed: int, label: str) -> list[str]:

@@ -7,95 +7,34 @@ earlier `trial_id` list cannot leak into the result. It never imports torch.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 
-from detflow.artifact import read_dataset, write_dataset, write_text
+from detflow.artifact import write_text
 from detflow.cli import DetflowError, run_main, stage_parser
 from detflow.committed import compare_with_head, config_digest
-from detflow.determinism import Verdict, compare_trials, content_digest
+from detflow.determinism import Verdict
 from detflow.params import DEFAULT_PARAMS, Params, load_params
 from detflow.report import (
-    describe,
     disagreement_records,
     format_seeds,
     json_number,
     verdict_lines,
     verdict_record,
 )
+from detflow.trial_stack import Stacked, data_variables, open_trial, read_slab, stack_trials
 
-REBUILD = "run `dvc repro -f` to rebuild it"
+if TYPE_CHECKING:
+    import xarray as xr
 
 # Plots stay readable and small: disagreeing seeds first, then the others, up to this many,
 # and at most this many positions of each variable.
 PLOT_MAX_SEEDS = 10
 PLOT_MAX_POSITIONS = 500
-
-
-def check_trial(path: Path, trial: xr.Dataset, seeds: Sequence[int]) -> None:
-    """A trial must hold the seeds params.yaml names, in order, along the first axis."""
-    if "torch_seed" not in trial.coords:
-        raise DetflowError(f"{path} has no torch_seed coordinate: {REBUILD}")
-    found = [int(seed) for seed in trial["torch_seed"].values]
-    if found != list(seeds):
-        raise DetflowError(
-            f"{path} holds torch_seed {format_seeds(found)} but params.yaml has "
-            f"{format_seeds(seeds)}: params.yaml changed after that trial ran (an edit, or "
-            f"another run in this workspace); {REBUILD} once nothing else is running"
-        )
-    if not trial.data_vars:
-        raise DetflowError(f"{path} holds no results: {REBUILD}")
-    for name, variable in trial.data_vars.items():
-        if variable.dims[:1] != ("torch_seed",):
-            raise DetflowError(
-                f"{path}: '{name}' has dims {list(variable.dims)}, not torch_seed first: {REBUILD}"
-            )
-
-
-def check_same_layout(path: Path, trial: xr.Dataset, first_path: Path, first: xr.Dataset) -> None:
-    """Every trial must hold the same variables, dims, shapes and dtypes, from the same software."""
-    if set(trial.data_vars) != set(first.data_vars):
-        raise DetflowError(
-            f"{path} holds {sorted(trial.data_vars)} but {first_path} holds "
-            f"{sorted(first.data_vars)}: {REBUILD}"
-        )
-    for name in first.data_vars:
-        if describe(trial[name]) != describe(first[name]):
-            raise DetflowError(
-                f"{path}: '{name}' is {describe(trial[name])} but {first_path} has "
-                f"{describe(first[name])}: {REBUILD}"
-            )
-    changed = sorted(
-        k
-        for k in trial.attrs.keys() | first.attrs.keys()
-        if trial.attrs.get(k) != first.attrs.get(k)
-    )
-    if changed:
-        key = changed[0]
-        raise DetflowError(
-            f"{path} was made with {key}={trial.attrs.get(key)!r} but {first_path} with "
-            f"{first.attrs.get(key)!r}: trials must share software and settings; {REBUILD}"
-        )
-
-
-def load_trials(trials_dir: Path, params: Params) -> dict[str, xr.Dataset]:
-    """Read and check ``<trials_dir>/<trial_id>.nc`` for each trial in params."""
-    trials: dict[str, xr.Dataset] = {}
-    first_path = None
-    for trial_id in params.trial_ids:
-        path = trials_dir / f"{trial_id}.nc"
-        trial = read_dataset(path)
-        check_trial(path, trial, params.torch_seeds)
-        if first_path is None:
-            first_path = path
-        else:
-            check_same_layout(path, trial, first_path, trials[params.trial_ids[0]])
-        trials[trial_id] = trial
-    return trials
 
 
 # Not attrs of the result: the swept dims, and how the seeds were run (which never changes
@@ -116,8 +55,17 @@ def fixed_params_attrs(params: Params, bound: str | None = None) -> dict[str, st
     return attrs
 
 
+def trial_provenance(path: Path) -> dict[str, Any]:
+    """A trial's attrs: what produced it (stack_trials checks that every trial shares them)."""
+    with open_trial(path) as trial:
+        return dict(trial.__dict__)
+
+
 def combine_trials(trials: dict[str, xr.Dataset], attrs: dict[str, Any]) -> xr.Dataset:
-    """Stack trials along a new ``trial_id`` dim: ``(torch_seed, trial_id, <name>_dim<n>...)``."""
+    """Stack trials held in memory along a new ``trial_id`` dim: ``(torch_seed, trial_id,
+    <name>_dim<n>...)``, as the stage's ``stack_trials`` writes them (for tests and scripts)."""
+    import xarray as xr
+
     # A plain numpy str coordinate: a pandas Index would bring pandas' own string dtype.
     trial_ids = xr.DataArray(np.array(list(trials), dtype=str), dims="trial_id", name="trial_id")
     # join="exact" and compat="identical": trials that disagree on coordinates are an
@@ -136,47 +84,30 @@ def combine_trials(trials: dict[str, xr.Dataset], attrs: dict[str, Any]) -> xr.D
     return combined
 
 
-def seed_outputs(result: xr.Dataset, seed: int) -> dict[str, Any]:
-    """Each variable of the first trial of ``seed``: its value, or its mean if it is larger."""
-    outputs: dict[str, Any] = {}
-    for name, variable in result.data_vars.items():
-        values = variable.sel(torch_seed=seed).isel(trial_id=0).values
-        if values.size == 1:
-            outputs[str(name)] = json_number(values.reshape(()))
-        else:
-            outputs[f"{name}_mean"] = json_number(np.float64(values.astype(np.float64).mean()))
-    return outputs
-
-
-def build_metrics(
-    result: xr.Dataset, verdict: Verdict, provenance: dict[str, Any], config: str
-) -> dict[str, Any]:
+def build_metrics(stacked: Stacked, provenance: dict[str, Any], config: str) -> dict[str, Any]:
     """metrics.json: the verdict first, then the evidence behind it and where it came from."""
+    verdict = stacked.verdict
     seeds = {
         str(seed): {
             "deterministic": seed not in verdict.disagreeing_seeds,
             "max_abs_diff": verdict.max_abs_diff_by_seed[seed],
-            **seed_outputs(result, seed),
+            **stacked.seed_values[seed],
         }
         for seed in verdict.torch_seeds
     }
     max_abs_diff = max(verdict.max_abs_diff_by_seed.values())
-    # One number per variable that does not depend on which seeds ran, so that
-    # `dvc metrics diff` between a seed-0 run and a seed-1 run shows the output change.
-    means = {
-        str(name): json_number(np.float64(variable.values.astype(np.float64).mean()))
-        for name, variable in result.data_vars.items()
-    }
     return {
         **verdict_record(verdict),
         "max_abs_diff": max_abs_diff if np.isfinite(max_abs_diff) else "inf",
-        "n_torch_seeds": result.sizes["torch_seed"],
-        "n_trials": result.sizes["trial_id"],
-        "digest": content_digest(result),
+        "n_torch_seeds": stacked.sizes["torch_seed"],
+        "n_trials": stacked.sizes["trial_id"],
+        "digest": stacked.digest,
         # Which params made these numbers: results are compared across machines only when
         # this matches (see detflow.committed).
         "config_digest": config,
-        "mean": means,
+        # One number per variable that does not depend on which seeds ran, so that
+        # `dvc metrics diff` between a seed-0 run and a seed-1 run shows the output change.
+        "mean": stacked.means,
         "seeds": seeds,
         "provenance": provenance,
         "disagreements": disagreement_records(verdict),
@@ -188,34 +119,47 @@ def plot_seeds(verdict: Verdict) -> list[int]:
     return [*verdict.disagreeing_seeds, *agreeing][:PLOT_MAX_SEEDS]
 
 
-def plot_rows(variable: xr.DataArray, seeds: Sequence[int]) -> str:
-    """Long-format CSV of one variable: torch_seed, trial_id, index, value.
+def plot_rows(result: Any, name: str, seeds: Sequence[int]) -> str:
+    """Long-format CSV of one variable of the result file: torch_seed, trial_id, index, value.
 
     ``index`` is the position within the variable (the epoch, for a loss curve), so every
     trial of a seed draws one line: lines that do not overlap are trials that disagree.
+    Only the first ``PLOT_MAX_POSITIONS`` values of a seed are read.
     """
+    variable = result.variables[name]
+    row_size = math.prod(variable.shape[3:])
+    rows = (
+        min(variable.shape[2], -(-PLOT_MAX_POSITIONS // max(row_size, 1)))
+        if variable.ndim > 2
+        else None
+    )
+    positions = {int(seed): n for n, seed in enumerate(result.variables["torch_seed"][:])}
+    labels = list(result.variables["trial_id"][:])
     lines = ["torch_seed,trial_id,index,value"]
     for seed in seeds:
-        for trial_id in variable["trial_id"].values:
-            values = variable.sel(torch_seed=seed, trial_id=trial_id).values.ravel()
+        for trial, label in enumerate(labels):
+            slab = (positions[seed], trial) + ((slice(0, rows),) if rows is not None else ())
+            values = read_slab(variable, slab).ravel()[:PLOT_MAX_POSITIONS]
             if values.dtype == np.bool_:
                 values = values.astype(np.uint8)  # a plot's y axis is numeric: 1 and 0
-            for index, value in enumerate(values[:PLOT_MAX_POSITIONS]):
-                lines.append(f"{seed},{trial_id},{index},{json_number(value)}")
+            for index, value in enumerate(values):
+                lines.append(f"{seed},{label},{index},{json_number(value)}")
     return "\n".join(lines) + "\n"
 
 
-def write_plots(result: xr.Dataset, verdict: Verdict, plots_dir: Path) -> None:
+def write_plots(result_path: Path, verdict: Verdict, plots_dir: Path) -> None:
     """One CSV per variable, for `dvc plots show` with the `trials` template."""
     seeds = plot_seeds(verdict)
-    for name, variable in result.data_vars.items():
-        write_text(plots_dir / f"{name}.csv", plot_rows(variable, seeds))
+    with open_trial(result_path) as result:
+        for name in data_variables(result):
+            write_text(plots_dir / f"{name}.csv", plot_rows(result, name, seeds))
 
 
-def summary(result: xr.Dataset, verdict: Verdict) -> str:
+def summary(stacked: Stacked) -> str:
     """What a user should read in the log of `dvc repro`."""
+    verdict = stacked.verdict
     agreeing = (
-        f"all {result.sizes['trial_id']} trials agree bitwise for torch_seed "
+        f"all {stacked.sizes['trial_id']} trials agree bitwise for torch_seed "
         f"{format_seeds(verdict.torch_seeds)}"
     )
     return "\n".join(verdict_lines(verdict, agreeing, copies="trials"))
@@ -231,17 +175,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    trials = load_trials(args.trials, params)
-    # A trial's attrs are its provenance; load_trials has checked that all trials share them.
-    provenance = dict(trials[params.trial_ids[0]].attrs)
+    paths = {trial_id: args.trials / f"{trial_id}.nc" for trial_id in params.trial_ids}
+    provenance = trial_provenance(paths[params.trial_ids[0]])
     bound = provenance.pop("bound_params", None)
-    result = combine_trials(trials, fixed_params_attrs(params, bound))
-    verdict = compare_trials(result)
-    metrics = build_metrics(result, verdict, provenance, config_digest(params))
-    write_dataset(result, args.out)
+    stacked = stack_trials(paths, params.torch_seeds, args.out, fixed_params_attrs(params, bound))
+    verdict = stacked.verdict
+    write_plots(args.out, verdict, args.plots)
+    metrics = build_metrics(stacked, provenance, config_digest(params))
     write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")
-    write_plots(result, verdict, args.plots)
-    print(summary(result, verdict))
+    print(summary(stacked))
     print(compare_with_head(metrics, args.metrics))
     if params.strict and not verdict.deterministic:
         seeds = ",".join(map(str, verdict.disagreeing_seeds))

@@ -1,8 +1,11 @@
-"""One-line errors for users, with the traceback only when they ask for it."""
+"""How every detflow command runs: one-line errors for users, with the traceback only when
+they ask for it, and a memory footprint that does not grow with the number of seeds."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import sys
 import traceback
@@ -32,11 +35,29 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+# glibc's M_MMAP_THRESHOLD, and the size from which blocks are mmapped: freed, they go back to
+# the OS. By default glibc raises the threshold to the size of each large block freed, after
+# which such blocks come from the heap and stay: a stage receiving one 8 MB result per seed then
+# grew by 20% from 10 to 40 seeds. A fixed threshold turns that adjustment off.
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 4 << 20
+
+
+def return_large_blocks_to_the_os() -> None:
+    """Fix glibc's mmap threshold (elsewhere, or without mallopt, nothing changes)."""
+    if not sys.platform.startswith("linux"):
+        return
+    # Another C library (musl has no mallopt) keeps its own behaviour.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
 def run_main(main: Callable[[Sequence[str] | None], int | None]) -> None:
     """Call ``main`` and exit, printing a DetflowError as ``detflow: error: ...``.
 
     Unexpected exceptions are bugs in detflow and keep their traceback.
     """
+    return_large_blocks_to_the_os()
     argv = sys.argv[1:]
     verbose = "--verbose" in argv or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
     try:

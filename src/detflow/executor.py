@@ -15,7 +15,7 @@ import json
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +58,23 @@ def progress(seeds: Sequence[int], label: str) -> Iterable[int]:
 
 
 def run_seeds(
-    params: Params, work_dir: Path, label: str = "seeds"
-) -> tuple[list[dict[str, Output]], dict[str, str]]:
-    """Every seed's outputs, in order, and the provenance of the run: in this process when
-    ``params.launcher`` is None, else one Hydra job per seed through that launcher."""
+    params: Params, work_dir: Path, write: Callable[[dict[str, Output]], None], label: str = "seeds"
+) -> dict[str, str]:
+    """Pass every seed's outputs, in order, to ``write``; return the provenance of the run.
+
+    In this process when ``params.launcher`` is None, each seed written as soon as it ran;
+    else one Hydra job per seed through that launcher, written once the launcher returns.
+    """
     if params.launcher is None:
         run = seed_runner(params)
-        outputs = [run(seed) for seed in progress(params.torch_seeds, label)]
-        return outputs, provenance(params.device, params.portable)
+        for seed in progress(params.torch_seeds, label):
+            write(run(seed))
+        return provenance(params.device, params.portable)
     seed_runner(params)  # fails here, before any job starts, on a bad config
-    return launch_seeds(params, work_dir)
+    outputs, attrs = launch_seeds(params, work_dir)
+    for output in outputs:
+        write(output)
+    return attrs
 
 
 def seed_job(config: Any) -> tuple[dict[str, Any], dict[str, str]]:

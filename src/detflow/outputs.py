@@ -1,9 +1,9 @@
-"""What a task returns, as arrays netCDF can hold: checked names, storable dtypes, stacked seeds."""
+"""What a task returns, as arrays netCDF can hold: checked names and storable dtypes."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,27 +96,3 @@ def storable_outputs(task_name: str, result: Any) -> dict[str, Output]:
             f"return e.g. {{'out': tensor}}"
         )
     return {name: as_storable(task_name, name, value) for name, value in result.items()}
-
-
-def stack_seeds(
-    task_name: str, seeds: Sequence[int], outputs: Sequence[dict[str, Output]]
-) -> dict[str, Output]:
-    """Stack each result over seeds; every seed must return the same names, shapes and dtypes."""
-    first = outputs[0]
-    for seed, output in zip(seeds[1:], outputs[1:], strict=True):
-        if output.keys() != first.keys():
-            raise DetflowError(
-                f"task {task_name} returned keys {sorted(output)} for torch_seed {seed} but "
-                f"{sorted(first)} for torch_seed {seeds[0]}: return the same keys for every seed"
-            )
-        for name, value in output.items():
-            if value.describe() != first[name].describe():
-                raise DetflowError(
-                    f"task {task_name} returned '{name}' as {value.describe()} for "
-                    f"torch_seed {seed} but {first[name].describe()} for "
-                    f"torch_seed {seeds[0]}: return the same shape and dtype for every seed"
-                )
-    return {
-        name: Output(np.stack([output[name].array for output in outputs]), first[name].dims)
-        for name in first
-    }

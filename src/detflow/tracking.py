@@ -37,6 +37,7 @@ ENGINE_MODULES = (
     "tasks",
     "tracking",
     "trial",
+    "trial_file",
 )
 
 

@@ -7,72 +7,47 @@ that compute the same numbers produce byte-identical files and DVC's md5s agree.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from detflow.cli import DetflowError, run_main, stage_parser
-from detflow.outputs import Output, stack_seeds
 from detflow.params import DEFAULT_PARAMS, Params, params_from_bytes, read_params_bytes
 from detflow.run import stage_inputs
 from detflow.tracking import check_tracked, code_digest, stage_entry
 
 
-@dataclass(frozen=True)
-class Trial:
-    """One trial's results as plain arrays, laid out as in its file: dims ``(torch_seed, ...)``."""
+def write_trial(
+    params: Params,
+    out: Path,
+    attrs: Mapping[str, str] | None = None,
+    before_replacing: Callable[[], None] | None = None,
+) -> None:
+    """Run every seed of one trial, in this process or as jobs of ``params.launcher``, and
+    write them to ``out`` as they come: ``(torch_seed, <name>_dim<n>...)`` per result.
 
-    variables: dict[str, tuple[tuple[str, ...], np.ndarray]]
-    coords: dict[str, np.ndarray]
-    attrs: dict[str, str]
-
-    def to_dataset(self):
-        import xarray as xr
-
-        coords = {dim: (dim, values) for dim, values in self.coords.items()}
-        return xr.Dataset(self.variables, coords=coords, attrs=self.attrs)
-
-
-def layout_trial(seeds: Sequence[int], stacked: dict[str, Output], attrs: dict[str, str]) -> Trial:
-    """Name the axes as mushin's ``to_xarray`` does: ``torch_seed``, then ``<name>_dim<n>``."""
-    variables, coords = {}, {"torch_seed": np.asarray(seeds, dtype=np.int64)}
-    for name, output in stacked.items():
-        array = output.array
-        extra_dims = output.dims or tuple(f"{name}_dim{n}" for n in range(array.ndim - 1))
-        variables[name] = (("torch_seed", *extra_dims), array)
-        for dim, size in zip(extra_dims, array.shape[1:], strict=True):
-            if dim in coords and len(coords[dim]) != size:
-                raise DetflowError(
-                    f"task returned dim '{dim}' with sizes {len(coords[dim])} and {size}: "
-                    f"give differently sized axes different names"
-                )
-            coords[dim] = np.arange(size, dtype=np.int64)
-    for name in variables:
-        if name in coords:
-            raise DetflowError(
-                f"task returned '{name}', which is also the name of an axis "
-                f"({', '.join(sorted(set(coords) - {'torch_seed'}))}): rename that result"
-            )
-    return Trial(variables, coords, attrs)
-
-
-def compute_trial(params: Params, out: Path | None = None):
-    """Run every seed of one trial, in this process or as jobs of ``params.launcher``."""
+    ``attrs`` (what produced the numbers) join the provenance of the run in the file's attrs.
+    ``before_replacing`` runs once the file is complete, before it replaces ``out``: if it
+    raises, the file already at ``out`` stays.
+    """
     from detflow.executor import run_seeds
+    from detflow.trial_file import trial_file
 
-    # Launcher jobs write beside the output, where cluster jobs can see it too.
-    work_dir = out.parent if out is not None else Path(tempfile.gettempdir())
-    label = f"{out.stem} seeds" if out is not None else "seeds"
-    outputs, attrs = run_seeds(params, work_dir, label)
-    stacked = stack_seeds(params.task, params.torch_seeds, outputs)
-    return layout_trial(params.torch_seeds, stacked, attrs)
+    with trial_file(out, params.task, params.torch_seeds) as writer:
+        # Launcher jobs write beside the output, where cluster jobs can see it too.
+        provenance = run_seeds(params, out.parent, writer.add, label=f"{out.stem} seeds")
+        writer.finish({**provenance, **(attrs or {})})
+        if before_replacing is not None:
+            before_replacing()
 
 
 def run_trial(params: Params):
     """Run one trial and return it as an ``xarray.Dataset`` (for tests and scripts)."""
-    return compute_trial(params).to_dataset()
+    from detflow.artifact import read_dataset
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "trial.nc"
+        write_trial(params, path)
+        return read_dataset(path)
 
 
 def check_unchanged(path: Path, read: bytes) -> None:
@@ -106,18 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     entry = stage_entry(root / "dvc.yaml")
     if entry is not None:
         check_tracked(root, entry, code, bound)
-    trial = compute_trial(params, out)
-    check_unchanged(params_path, read)
     # What produced the numbers, for the aggregate (which params to record) and for collect
     # (which experiments ran the same code).
-    trial.attrs["code_digest"] = code_digest(root, code)
-    trial.attrs["bound_params"] = ",".join(sorted(bound))
-
-    from detflow.artifact import write_arrays
-
-    write_arrays(out, trial.variables, trial.coords, trial.attrs)
-    sizes = {dim: len(values) for dim, values in trial.coords.items()}
-    print(f"wrote {args.out}: {sizes}")
+    attrs = {"code_digest": code_digest(root, code), "bound_params": ",".join(sorted(bound))}
+    write_trial(params, out, attrs, before_replacing=lambda: check_unchanged(params_path, read))
+    print(f"wrote {args.out}: torch_seed {len(params.torch_seeds)}")
     return 0
 
 

@@ -1,0 +1,145 @@
+"""A trial's netCDF file, written as its seeds run, so the stage holds a few seeds, not all.
+
+The file is made inside ``atomic_path``: a stage killed mid-run leaves a hidden temporary,
+never a partial file at the output path. Seeds are buffered up to ``FLUSH_BYTES`` and written
+as one slab along ``torch_seed``; the flush points depend only on the outputs' sizes, so the
+loop and a launcher write the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detflow.artifact import atomic_path, open_netcdf, stored_form, write_index_coordinate
+from detflow.cli import DetflowError
+from detflow.outputs import Output
+
+# Seeds of small outputs are written together (a netCDF write per seed would cost more than
+# the how-to's task); a seed larger than this is written on its own.
+FLUSH_BYTES = 8 << 20
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The file's variables and axes, from the first seed's outputs: mushin's names."""
+
+    variables: dict[str, tuple[str, ...]]  # name -> dims after torch_seed
+    sizes: dict[str, int]  # each dim after torch_seed -> its length
+
+
+def plan_layout(task: str, first: Mapping[str, Output]) -> Layout:
+    """Name the axes as mushin's ``to_xarray`` does: ``torch_seed``, then ``<name>_dim<n>``."""
+    variables: dict[str, tuple[str, ...]] = {}
+    sizes: dict[str, int] = {}
+    for name, output in first.items():
+        array = output.array
+        dims = output.dims or tuple(f"{name}_dim{n}" for n in range(array.ndim))
+        for dim, size in zip(dims, array.shape, strict=True):
+            if sizes.setdefault(dim, size) != size:
+                raise DetflowError(
+                    f"task {task} returned dim '{dim}' with sizes {sizes[dim]} and {size}: "
+                    f"give differently sized axes different names"
+                )
+        variables[name] = dims
+    for name in variables:
+        if name in sizes:
+            raise DetflowError(
+                f"task {task} returned '{name}', which is also the name of an axis "
+                f"({', '.join(sorted(sizes))}): rename that result"
+            )
+    return Layout(variables, sizes)
+
+
+def check_like_first(
+    task: str, seed: int, outputs: Mapping[str, Output], first_seed: int, first: Mapping
+) -> None:
+    """Every seed must return the same names, shapes and dtypes as the first."""
+    if outputs.keys() != first.keys():
+        raise DetflowError(
+            f"task {task} returned keys {sorted(outputs)} for torch_seed {seed} but "
+            f"{sorted(first)} for torch_seed {first_seed}: return the same keys for every seed"
+        )
+    for name, value in outputs.items():
+        if value.describe() != first[name].describe():
+            raise DetflowError(
+                f"task {task} returned '{name}' as {value.describe()} for torch_seed {seed} "
+                f"but {first[name].describe()} for torch_seed {first_seed}: return the same "
+                f"shape and dtype for every seed"
+            )
+
+
+class TrialWriter:
+    """Receives each seed's outputs in order and writes them in slabs along ``torch_seed``."""
+
+    def __init__(self, nc: Any, task: str, seeds: Sequence[int]) -> None:
+        self.nc, self.task, self.seeds = nc, task, list(seeds)
+        self.first: Mapping[str, Output] | None = None
+        self.written = 0  # seeds already in the file
+        self.pending: list[Mapping[str, Output]] = []
+        self.pending_bytes = 0
+
+    def add(self, outputs: Mapping[str, Output]) -> None:
+        seed = self.seeds[self.written + len(self.pending)]
+        if self.first is None:
+            self.create(outputs)
+            self.first = outputs
+        else:
+            check_like_first(self.task, seed, outputs, self.seeds[0], self.first)
+        self.pending.append(outputs)
+        self.pending_bytes += sum(output.array.nbytes for output in outputs.values())
+        if self.pending_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    def create(self, first: Mapping[str, Output]) -> None:
+        layout = plan_layout(self.task, first)
+        nc = self.nc
+        nc.createDimension("torch_seed", len(self.seeds))
+        seeds = nc.createVariable("torch_seed", np.int64, ("torch_seed",))
+        seeds[:] = np.asarray(self.seeds, dtype=np.int64)
+        for dim, size in layout.sizes.items():
+            nc.createDimension(dim, size)
+            write_index_coordinate(nc, dim, size)
+        for name, dims in layout.variables.items():
+            stored, stored_attrs = stored_form(first[name].array)
+            variable = nc.createVariable(name, stored.dtype, ("torch_seed", *dims))
+            variable.setncatts(stored_attrs)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        start, stop = self.written, self.written + len(self.pending)
+        for name in self.pending[0]:
+            if len(self.pending) == 1:  # a large seed: no stacked copy
+                slab = stored_form(self.pending[0][name].array)[0][np.newaxis]
+            else:
+                slab = stored_form(np.stack([outputs[name].array for outputs in self.pending]))[0]
+            self.nc.variables[name][start:stop] = slab
+        self.written = stop
+        self.pending, self.pending_bytes = [], 0
+
+    def finish(self, attrs: Mapping[str, str]) -> None:
+        self.flush()
+        if self.written != len(self.seeds):
+            raise DetflowError(
+                f"the trial ran {self.written} of its {len(self.seeds)} seeds: "
+                f"run `dvc repro` again"
+            )
+        self.nc.setncatts(dict(attrs))
+
+
+@contextlib.contextmanager
+def trial_file(path: Path, task: str, seeds: Sequence[int]) -> Iterator[TrialWriter]:
+    """A writer for ``path``; the file appears there only if the block completes and calls
+    ``finish``."""
+    with atomic_path(path) as temporary:
+        with open_netcdf(temporary, "w") as nc:
+            writer = TrialWriter(nc, task, seeds)
+            yield writer
+        if writer.first is None or writer.written != len(seeds):
+            raise DetflowError(f"{path} was not finished: run `dvc repro` again")
