@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import yaml
-
 from tests.project_copy import run_measured
 
 HERE = Path(__file__).resolve().parent
@@ -50,7 +49,9 @@ def measure(folder: Path, seeds: int, values: int, trials: list[str]) -> dict:
         "aggregate_peak_mib": round(aggregate_peak, 1),
         "aggregate_s": round(seconds, 2),
         "trial_file_vs_raw": round(file_bytes / raw, 4),
-        "result_file_vs_raw": round((folder / "data/result.nc").stat().st_size / (raw * len(trials)), 4),
+        "result_file_vs_raw": round(
+            (folder / "data/result.nc").stat().st_size / (raw * len(trials)), 4
+        ),
     }
 
 
@@ -62,7 +63,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     trials = args.trials.split(",")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(HERE), os.environ.get("PYTHONPATH")])
+    )
     cases = {
         "1x": (args.seeds, args.values),
         "4x seeds": (4 * args.seeds, args.values),
@@ -76,7 +79,9 @@ def main() -> int:
         }
     base = figures["1x"]
     print(f"import torch: {torch_peak:.0f} MiB")
-    print(f"{'case':<10} {'data':>9} {'trial peak':>11} {'bound':>7} {'aggregate peak':>15} {'growth':>7} {'agg s':>6} {'trial file/raw':>15}")
+    print(
+        f"{'case':<10} {'data':>9} {'trial peak':>11} {'bound':>7} {'aggregate peak':>15} {'growth':>7} {'agg s':>6} {'trial file/raw':>15}"
+    )
     for name, row in figures.items():
         seed_mib = row["values_per_seed"] * 4 / MIB
         bound = torch_peak + 2 * seed_mib + 100
@@ -87,7 +92,9 @@ def main() -> int:
             f"{row['aggregate_s']:>6.1f} {row['trial_file_vs_raw']:>15.4f}"
         )
     if args.json:
-        args.json.write_text(json.dumps({"import_torch_mib": torch_peak, **figures}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps({"import_torch_mib": torch_peak, **figures}, indent=2) + "\n"
+        )
     return 0
 
 

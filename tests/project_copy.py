@@ -29,6 +29,7 @@ PROJECT_FILES = (
     # plots that the cross-machine check and `dvc metrics diff` compare with.
     "dvc.lock",
     "metrics.json",
+    "pinpoint.json",
     "data/.gitignore",
     "data/trials/.gitignore",
     "data/plots",
@@ -88,6 +89,7 @@ def stage_commands(folder: Path) -> dict[str, str]:
         for t in values["trial_id"]
     }
     commands["aggregate"] = "python -m detflow.aggregate"
+    commands["pinpoint"] = "python -m detflow.pinpoint_stage"
     assert set(commands) == set(listing), (commands, listing)
     return commands
 

@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 PLOT_MAX_SEEDS = 10
 PLOT_MAX_POSITIONS = 500
 
+PINPOINT_HINT = (
+    "to name the op where they first diverge: python -m detflow.pinpoint "
+    "(or set pinpoint: true to run it in the pipeline)"
+)
+
 
 # Not attrs of the result: the swept dims, and how the seeds were run (which never changes
 # the numbers, and is not a dependency of this stage).
@@ -162,7 +167,10 @@ def summary(stacked: Stacked) -> str:
         f"all {stacked.sizes['trial_id']} trials agree bitwise for torch_seed "
         f"{format_seeds(verdict.torch_seeds)}"
     )
-    return "\n".join(verdict_lines(verdict, agreeing, copies="trials"))
+    lines = verdict_lines(verdict, agreeing, copies="trials")
+    if not verdict.deterministic:
+        lines.append(PINPOINT_HINT)
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,7 +41,7 @@ REQUIRED_KEYS = ("torch_seed", "trial_id", "pre_task", "task")
 
 # Params that say how seeds run and whether a disagreement fails the stage: they never change
 # the numbers, so results that differ only in these are comparable.
-RUN_ONLY_PARAMS = ("launcher", "strict")
+RUN_ONLY_PARAMS = ("launcher", "strict", "pinpoint")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class Params:
     values: Mapping[str, Any] = field(repr=False)
     launcher: Launcher | None = None
     portable: bool = False
+    pinpoint: bool = False
 
 
 def load_params(path: Path = DEFAULT_PARAMS) -> Params:
@@ -136,6 +137,7 @@ def parse_params(values: Any, source: str = "params.yaml") -> Params:
         values=values,
         launcher=check_launcher(values.get("launcher")),
         portable=check_flag("portable", values.get("portable", False)),
+        pinpoint=check_flag("pinpoint", values.get("pinpoint", False)),
     )
     # Hydra configs and a task's own options are checked where they are used, by the trial
     # stage (detflow.run): this schema knows no task.

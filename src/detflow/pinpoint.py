@@ -1,0 +1,647 @@
+"""Pinpoint: name the op where fresh runs of a seed first diverge, and the ops torch flags.
+
+``python -m detflow.pinpoint [--seed N ...] [--runs 2]`` runs each seed's pre-task, build and
+task in ``--runs`` fresh processes (``python -m detflow.trace``), each under a trace of every
+aten op, forward and backward. The traces stream to a temporary folder and are compared in
+lockstep, so a run of a million ops needs little memory. The report names the first op whose
+outputs differ (its position, module, phase, the user's line that led to it) and whether its
+inputs were already different (data from outside torch) or not (the op itself). A further
+process runs the seed under torch's deterministic mode, warn-only, to list the ops torch flags
+as non-deterministic even where the runs agreed. Exit 1 when a divergence is found, so scripts
+can gate on it; the report goes to ``--out`` as JSON, for ``dvc metrics show``.
+
+Without ``--seed``, the seeds are metrics.json's disagreeing seeds when it was made from these
+params, else the first seed. This module never imports torch; its child processes do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from detflow.cli import DetflowError, run_main, stage_parser
+from detflow.params import DEFAULT_PARAMS, Params, check_torch_seeds, load_params
+
+# The trace format, written by detflow.trace in the child and read here ------------------
+
+# One fixed-size record per op: the ids of its strings (0: none; numbered per kind in order of
+# first use, in the run's strings file), flags, and blake2b-128 digests of inputs and outputs.
+RECORD = struct.Struct("<5IB3x16s16s")
+RECORD_DTYPE = np.dtype(
+    [
+        ("name", "<u4"),
+        ("module", "<u4"),
+        ("module_class", "<u4"),
+        ("source", "<u4"),
+        ("via", "<u4"),
+        ("flags", "u1"),
+        ("pad", "V3"),
+        ("inputs_lo", "<u8"),
+        ("inputs_hi", "<u8"),
+        ("outputs_lo", "<u8"),
+        ("outputs_hi", "<u8"),
+    ]
+)
+STRING_FIELDS = ("name", "module", "module_class", "source", "via")
+
+# Record flags.
+BACKWARD = 1  # ran in autograd's backward pass
+OUTPUT_UNINITIALISED = 2  # the outputs are uninitialised memory (empty-like ops): not hashed
+READ_UNINITIALISED = 4  # an input was memory never written: left out of the inputs' digest
+OUTSIDE_FORWARD = 8  # the module was found from a method outside its forward (its __init__)
+RANDOM = 16  # the op takes a Generator: an RNG op
+UNHASHABLE = 32  # a tensor without readable bytes (sparse, meta): only dtype and shape hashed
+
+# Records compared per read: about 230 kB a file.
+CHUNK_RECORDS = 4096
+
+# Seeds traced when metrics.json lists more disagreeing seeds than this (--seed names others).
+AUTO_SEEDS_MAX = 3
+
+DEFAULT_OUT = Path("pinpoint.json")
+DEFAULT_METRICS = Path("metrics.json")
+
+
+@dataclass(frozen=True)
+class TraceFiles:
+    """A traced run's files: the records, their strings, and the run's summary (JSON)."""
+
+    ops: Path
+    strings: Path
+    summary: Path
+
+
+def trace_files(prefix: Path) -> TraceFiles:
+    return TraceFiles(
+        *(prefix.parent / f"{prefix.name}.{ext}" for ext in ("ops", "strings", "json"))
+    )
+
+
+def read_strings(path: Path) -> dict[str, list[str]]:
+    """A run's strings by kind, in id order (id n is ``strings[kind][n - 1]``)."""
+    strings: dict[str, list[str]] = {kind: [] for kind in STRING_FIELDS}
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            kind, _, text = line.rstrip("\n").partition("\t")
+            strings.setdefault(kind, []).append(text)
+    return strings
+
+
+def read_chunk(stream: BinaryIO, records: int) -> np.ndarray:
+    data = stream.read(records * RECORD.size)
+    return np.frombuffer(data, RECORD_DTYPE, count=len(data) // RECORD.size)
+
+
+# Comparing two traces -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Where two traces first differ: ``kind`` is ``outputs`` (same op, other outputs),
+    ``path`` (another op at that position) or ``ended`` (one trace stops there).
+
+    ``first`` and ``second`` are the runs' records at ``index`` (None for a trace that ended);
+    ``inputs_index`` is the first position, up to ``index``, whose inputs differed.
+    """
+
+    index: int
+    kind: str
+    first: np.void | None
+    second: np.void | None
+    inputs_index: int | None
+
+
+def name_translation(names_first: list[str], names_second: list[str]) -> np.ndarray:
+    """Maps the second run's name ids to the first run's (-1 for a name it never used)."""
+    ids = {name: number for number, name in enumerate(names_first, start=1)}
+    return np.array([0, *(ids.get(name, -1) for name in names_second)], dtype=np.int64)
+
+
+def digests_differ(a: np.ndarray, b: np.ndarray, which: str) -> np.ndarray:
+    return (a[f"{which}_lo"] != b[f"{which}_lo"]) | (a[f"{which}_hi"] != b[f"{which}_hi"])
+
+
+def first_difference(
+    first: Path,
+    second: Path,
+    translation: np.ndarray,
+    chunk_records: int = CHUNK_RECORDS,
+) -> Difference | None:
+    """Read two trace files in lockstep, a chunk at a time, and return where they first differ.
+
+    Memory stays at a few chunks whatever the traces' length. ``translation`` maps the second
+    run's name ids to the first's (``name_translation``).
+    """
+    position, inputs_index = 0, None
+    with open(first, "rb") as stream_a, open(second, "rb") as stream_b:
+        while True:
+            a, b = read_chunk(stream_a, chunk_records), read_chunk(stream_b, chunk_records)
+            common = min(len(a), len(b))
+            a_common, b_common = a[:common], b[:common]
+            same_op = translation[b_common["name"]] == a_common["name"]
+            garbage = ((a_common["flags"] | b_common["flags"]) & OUTPUT_UNINITIALISED) != 0
+            outputs_differ = digests_differ(a_common, b_common, "outputs") & ~garbage
+            found = np.flatnonzero(~same_op | outputs_differ)
+            end = found[0] if len(found) else common
+            if inputs_index is None:
+                inputs_differ = np.flatnonzero(
+                    digests_differ(a_common, b_common, "inputs")[: end + 1]
+                )
+                if len(inputs_differ):
+                    inputs_index = position + int(inputs_differ[0])
+            if len(found):
+                kind = "outputs" if same_op[end] else "path"
+                return Difference(position + int(end), kind, a[end], b[end], inputs_index)
+            if len(a) != len(b):
+                rest_a = a[common] if len(a) > common else None
+                rest_b = b[common] if len(b) > common else None
+                return Difference(position + common, "ended", rest_a, rest_b, None)
+            if not common:
+                return None
+            position += common
+
+
+# What a difference means ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first divergence of a seed's runs, in words and names."""
+
+    kind: str  # outputs, path, ended, or results (every op agreed, the task's results did not)
+    runs: tuple[int, int]  # the two runs compared, from 1
+    op_index: int | None = None
+    op: str | None = None
+    other_op: str | None = None  # for kind path: the other run's op
+    phase: str | None = None
+    module: str | None = None
+    module_class: str | None = None
+    outside_forward: bool = False
+    source: str | None = None
+    via: str | None = None
+    inputs_equal: bool | None = None
+    random_op: bool = False
+    read_uninitialised: bool = False
+    ended_run: int | None = None  # for kind ended: the run whose trace stopped first
+    inputs_first: tuple[int, str] | None = None  # an earlier op that read differing inputs
+    results: tuple[str, ...] = ()  # for kind results: the task's results that differ
+
+    def cause(self) -> str:
+        first, second = self.runs
+        if self.kind == "path":
+            return (
+                f"the runs took different paths: run {first} called {self.op} where run "
+                f"{second} called {self.other_op}, with every earlier op's outputs equal, so a "
+                f"branch was decided by something outside torch's ops (Python or NumPy "
+                f"randomness, the clock, a set's order, the environment)"
+            )
+        if self.kind == "ended":
+            return (
+                f"run {self.ended_run} ended after {self.op_index} ops while the other went on "
+                f"with {self.op}: the runs took different paths, decided outside torch's ops"
+            )
+        if self.kind == "results":
+            return (
+                f"every op agreed, but the task's results {', '.join(self.results)} did not: "
+                f"they were computed outside torch's ops (NumPy, Python)"
+            )
+        if self.read_uninitialised and self.inputs_equal:
+            return (
+                "it read memory never written (from torch.empty or the like), which differs "
+                "between processes: the difference may be that garbage, not a real divergence"
+            )
+        if not self.inputs_equal:
+            earlier = ""
+            if self.inputs_first is not None and self.inputs_first[0] < (self.op_index or 0):
+                index, op = self.inputs_first
+                earlier = f"; it first reached op #{index} {op}, whose outputs still agreed"
+            return (
+                "its inputs already differed, though every earlier op agreed: the data came "
+                "from outside torch (NumPy or Python random draws, an unseeded RNG outside "
+                f"torch, a file, the clock), and this is the first op that read it{earlier}"
+            )
+        if self.random_op:
+            return (
+                "its inputs were equal: this RNG op drew different numbers, so its generator "
+                "(torch's default one or the one passed to it) was not seeded alike in the "
+                "runs: seed it in the pre-task, or from torch_seed"
+            )
+        return (
+            "its inputs were equal: the op itself gave different outputs (an unseeded or "
+            "non-deterministic op; try torch.use_deterministic_algorithms(True))"
+        )
+
+    def headline(self) -> str:
+        if self.kind == "results":
+            return "first divergence: the task's results, after every op agreed"
+        runs = f" (run {self.runs[0]} vs run {self.runs[1]})" if self.runs != (1, 2) else ""
+        op = f"{self.op} vs {self.other_op}" if self.kind == "path" else self.op
+        module = "outside any module"
+        if self.module:
+            where = ", outside its forward" if self.outside_forward else ""
+            module = f"in module {self.module} ({self.module_class}{where})"
+        source = f", from {self.source}" if self.source else ""
+        return f"first divergence{runs}: op #{self.op_index} {op} ({self.phase}) {module}{source}"
+
+    def lines(self) -> list[str]:
+        lines = [self.headline()]
+        if self.via:
+            lines.append(f"  called at {self.via}")
+        lines.append(f"  {self.cause()}")
+        return lines
+
+
+@dataclass(frozen=True)
+class TracedRun:
+    """One fresh traced run: its files and summary (``ops``, ``bytes``, ``results``)."""
+
+    files: TraceFiles
+    summary: dict[str, Any]
+
+    @property
+    def ops(self) -> int:
+        return int(self.summary["ops"])
+
+
+def describe(
+    difference: Difference, runs: tuple[TracedRun, TracedRun], numbers: tuple[int, int]
+) -> Divergence:
+    """Resolve a ``Difference``'s ids through the runs' string tables."""
+    strings = [read_strings(run.files.strings) for run in runs]
+
+    def text(which: int, record: np.void | None, kind: str) -> str | None:
+        if record is None or not record[kind]:
+            return None
+        return strings[which][kind][int(record[kind]) - 1]
+
+    # The run that still has an op at the index describes it (for kind ended, the longer one).
+    which = 0 if difference.first is not None else 1
+    record = difference.first if which == 0 else difference.second
+    flags = int(record["flags"])
+    inputs_first = None
+    if difference.inputs_index is not None:
+        inputs_first = (
+            difference.inputs_index,
+            op_name_at(runs[0], strings[0], difference.inputs_index),
+        )
+    inputs_equal = None
+    if difference.kind == "outputs":
+        inputs_equal = not bool(digests_differ(difference.first, difference.second, "inputs"))
+        flags |= int(difference.second["flags"])
+    return Divergence(
+        kind=difference.kind,
+        runs=numbers,
+        op_index=difference.index,
+        op=text(which, record, "name"),
+        other_op=text(1, difference.second, "name") if difference.kind == "path" else None,
+        phase="backward" if flags & BACKWARD else "forward",
+        module=text(which, record, "module"),
+        module_class=text(which, record, "module_class"),
+        outside_forward=bool(flags & OUTSIDE_FORWARD),
+        source=text(which, record, "source"),
+        via=text(which, record, "via"),
+        inputs_equal=inputs_equal,
+        random_op=bool(flags & RANDOM),
+        read_uninitialised=bool(flags & READ_UNINITIALISED),
+        ended_run=numbers[1 - which] if difference.kind == "ended" else None,
+        inputs_first=inputs_first,
+    )
+
+
+def op_name_at(run: TracedRun, strings: dict[str, list[str]], index: int) -> str:
+    with open(run.files.ops, "rb") as stream:
+        stream.seek(index * RECORD.size)
+        record = read_chunk(stream, 1)[0]
+    return strings["name"][int(record["name"]) - 1]
+
+
+def compare_runs(runs: Sequence[TracedRun]) -> Divergence | None:
+    """The earliest divergence between the first run and each other run."""
+    earliest: tuple[Difference, int] | None = None
+    for number in range(1, len(runs)):
+        translation = name_translation(
+            read_strings(runs[0].files.strings)["name"],
+            read_strings(runs[number].files.strings)["name"],
+        )
+        difference = first_difference(runs[0].files.ops, runs[number].files.ops, translation)
+        if difference is not None and (earliest is None or difference.index < earliest[0].index):
+            earliest = (difference, number)
+    if earliest is not None:
+        difference, number = earliest
+        return describe(difference, (runs[0], runs[number]), (1, number + 1))
+    for number in range(1, len(runs)):
+        ours, theirs = runs[0].summary["results"], runs[number].summary["results"]
+        differing = tuple(name for name in ours if ours[name] != theirs.get(name))
+        if differing:
+            return Divergence(kind="results", runs=(1, number + 1), results=differing)
+    return None
+
+
+# The report ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeedFinding:
+    """What the fresh runs of one seed showed."""
+
+    torch_seed: int
+    ops: tuple[int, ...]
+    trace_bytes: int
+    divergence: Divergence | None
+
+    def lines(self) -> list[str]:
+        each = f"{self.ops[0]} ops each"
+        if len(set(self.ops)) > 1:
+            each = f"{', '.join(map(str, self.ops))} ops"
+        lines = [f"pinpoint: torch_seed {self.torch_seed}, {len(self.ops)} fresh runs, {each}"]
+        if self.divergence is None:
+            lines.append(
+                "no divergence: every op gave equal outputs in every run, and so did the results"
+            )
+        else:
+            lines += self.divergence.lines()
+        return lines
+
+
+@dataclass(frozen=True)
+class PinpointReport:
+    """Every seed's finding, and the deterministic-mode alerts of the first seed's run
+    (``latent``: op -> {"count", "source"}; None where they were not collected)."""
+
+    findings: tuple[SeedFinding, ...]
+    runs: int
+    latent: dict[str, dict[str, Any]] | None = field(default=None)
+
+    @property
+    def diverged(self) -> bool:
+        return any(finding.divergence is not None for finding in self.findings)
+
+    def described(self) -> SeedFinding:
+        """The finding the flat record describes: the first that diverged, else the first."""
+        return next((f for f in self.findings if f.divergence is not None), self.findings[0])
+
+    def latent_line(self) -> str:
+        if self.latent is None:
+            return "latent non-deterministic ops: not checked"
+        if not self.latent:
+            return "latent non-deterministic ops: none flagged by torch"
+        ops = ", ".join(
+            f"{op} x{entry['count']} (from {entry['source']})" for op, entry in self.latent.items()
+        )
+        return f"latent non-deterministic ops: {ops}"
+
+    def lines(self) -> list[str]:
+        lines = [line for finding in self.findings for line in finding.lines()]
+        return [*lines, self.latent_line()]
+
+    def record(self) -> dict[str, Any]:
+        """A flat JSON record, for `dvc metrics show`; detail keys are null without a divergence.
+
+        Examples
+        --------
+        >>> report = PinpointReport((SeedFinding(0, (41, 41), 2300, None),), runs=2, latent={})
+        >>> report.record()["diverged"], report.record()["op_index"]
+        (False, None)
+        """
+        finding = self.described()
+        divergence = finding.divergence
+        detail = {
+            "kind": None,
+            "op_index": None,
+            "op": None,
+            "other_op": None,
+            "phase": None,
+            "module": None,
+            "module_class": None,
+            "source": None,
+            "via": None,
+            "inputs_equal": None,
+            "cause": None,
+        }
+        if divergence is not None:
+            detail.update(
+                {key: getattr(divergence, key) for key in detail if key != "cause"},
+                cause=divergence.cause(),
+            )
+        return {
+            "diverged": self.diverged,
+            "seeds": ",".join(str(f.torch_seed) for f in self.findings),
+            "diverged_seeds": ",".join(
+                str(f.torch_seed) for f in self.findings if f.divergence is not None
+            ),
+            "runs": self.runs,
+            "torch_seed": finding.torch_seed,
+            "ops_traced": finding.ops[0],
+            "trace_bytes": finding.trace_bytes,
+            **detail,
+            "latent_nondeterministic_ops": {
+                op: entry["count"] for op, entry in (self.latent or {}).items()
+            },
+        }
+
+
+# Running the fresh processes --------------------------------------------------------------
+
+
+def child_environment(params: Params) -> dict[str, str]:
+    """The children's environment: this one, plus portable mode's, set before torch loads."""
+    environment = dict(os.environ)
+    if params.portable:
+        from detflow.cpu import PORTABLE_ENV
+
+        environment.update(PORTABLE_ENV)
+    return environment
+
+
+def run_children(commands: dict[str, list[str]], folder: Path, environment: dict[str, str]) -> None:
+    """Run the commands at once, each in its own fresh process; fail on the first failure."""
+    started = {}
+    for label, command in commands.items():
+        with (
+            open(folder / f"{label}.stdout", "wb") as stdout,
+            open(folder / f"{label}.stderr", "wb") as stderr,
+        ):
+            started[label] = subprocess.Popen(
+                command, stdout=stdout, stderr=stderr, env=environment
+            )
+    failed = [label for label, process in started.items() if process.wait() != 0]
+    if failed:
+        label = failed[0]
+        lines = (folder / f"{label}.stderr").read_text(errors="replace").strip().splitlines()
+        why = lines[-1].removeprefix("detflow: error: ") if lines else "no message"
+        raise DetflowError(f"pinpoint's {label.replace('-', ' ')} failed: {why}")
+
+
+def trace_command(params_path: Path, seed: int, prefix: Path, alerts: bool) -> list[str]:
+    command = [sys.executable, "-m", "detflow.trace", "--params", str(params_path)]
+    command += ["--seed", str(seed), "--out", str(prefix)]
+    return [*command, "--alerts"] if alerts else command
+
+
+def pinpoint_seed(
+    params_path: Path, params: Params, seed: int, runs: int, folder: Path, latent: bool
+) -> tuple[SeedFinding, dict[str, dict[str, Any]] | None]:
+    """Trace ``seed`` in ``runs`` fresh processes (and collect alerts in one more)."""
+    commands = {
+        f"traced-run-{number}-of-torch_seed-{seed}": trace_command(
+            params_path, seed, folder / f"seed{seed}-run{number}", alerts=False
+        )
+        for number in range(1, runs + 1)
+    }
+    alerts_prefix = folder / f"seed{seed}-alerts"
+    if latent:
+        commands[f"deterministic-mode-run-of-torch_seed-{seed}"] = trace_command(
+            params_path, seed, alerts_prefix, alerts=True
+        )
+    run_children(commands, folder, child_environment(params))
+    traced = []
+    for number in range(1, runs + 1):
+        files = trace_files(folder / f"seed{seed}-run{number}")
+        traced.append(TracedRun(files, json.loads(files.summary.read_text())))
+    found = None
+    if latent:
+        found = json.loads(trace_files(alerts_prefix).summary.read_text())["alerts"]
+    finding = SeedFinding(
+        torch_seed=seed,
+        ops=tuple(run.ops for run in traced),
+        trace_bytes=int(traced[0].summary["bytes"]),
+        divergence=compare_runs(traced),
+    )
+    return finding, found
+
+
+def pinpoint_seeds(
+    params_path: Path, seeds: Sequence[int], runs: int = 2, latent: bool = True
+) -> PinpointReport:
+    """Trace each seed in ``runs`` fresh processes and report where they first diverge.
+
+    Imports no torch here (the runs are child processes), so the aggregate stage can call it.
+
+    Parameters
+    ----------
+    params_path
+        The params file the runs read, as the trial stage reads it.
+    seeds
+        The torch_seeds to trace, one after another; any seed in range, listed or not.
+    runs
+        Fresh traced processes per seed, started at once; at least 2.
+    latent
+        Also run the first seed under torch's deterministic mode (warn-only), in one more
+        process, and list the ops torch flags.
+
+    Returns
+    -------
+    PinpointReport
+        ``.lines()`` for a log, ``.record()`` for JSON; ``.diverged`` says whether any seed did.
+
+    Examples
+    --------
+    >>> report = pinpoint_seeds(Path("params.yaml"), [0])  # doctest: +SKIP
+    >>> report.diverged, report.record()["op"]  # doctest: +SKIP
+    (True, 'aten.uniform_.default')
+    """
+    params_path = Path(params_path).absolute()
+    params = load_params(params_path)
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 2:
+        raise DetflowError(
+            f"runs {runs!r} is too few: give at least 2 (pinpoint compares fresh runs)"
+        )
+    seeds = check_torch_seeds(list(seeds))
+    findings, found = [], None
+    with tempfile.TemporaryDirectory(prefix="detflow-pinpoint-") as folder:
+        for number, seed in enumerate(seeds):
+            finding, alerts = pinpoint_seed(
+                params_path, params, seed, runs, Path(folder), latent and number == 0
+            )
+            findings.append(finding)
+            found = alerts if number == 0 else found
+    return PinpointReport(tuple(findings), runs, found)
+
+
+# Which seeds, and the command --------------------------------------------------------------
+
+
+def seeds_to_pinpoint(params: Params, metrics_path: Path) -> tuple[list[int], str]:
+    """metrics.json's disagreeing seeds if it was made from ``params``, else the first seed;
+    and one line that says which, and why."""
+    from detflow.committed import config_digest
+
+    first = params.torch_seeds[0]
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [first], f"pinpoint: no {metrics_path}: tracing the first seed, torch_seed {first}"
+    except (OSError, ValueError):
+        why = f"pinpoint: {metrics_path} is unreadable: tracing the first seed, torch_seed {first}"
+        return [first], why
+    if not isinstance(metrics, dict) or metrics.get("config_digest") != config_digest(params):
+        return [first], (
+            f"pinpoint: {metrics_path} was made from other params: tracing the first seed, "
+            f"torch_seed {first}"
+        )
+    text = str(metrics.get("disagreeing_seeds") or "")
+    try:
+        seeds = [int(seed) for seed in text.split(",") if seed.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        return [first], (
+            f"pinpoint: {metrics_path} says every trial agrees: tracing torch_seed {first} "
+            f"for latent risks"
+        )
+    if len(seeds) > AUTO_SEEDS_MAX:
+        return seeds[:AUTO_SEEDS_MAX], (
+            f"pinpoint: {metrics_path} says {len(seeds)} seeds disagree: tracing the first "
+            f"{AUTO_SEEDS_MAX} (name others with --seed)"
+        )
+    return seeds, f"pinpoint: {metrics_path} says torch_seed {text} disagree"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        action="extend",
+        help="torch_seed(s) to trace (default: metrics.json's disagreeing seeds)",
+    )
+    parser.add_argument("--runs", type=int, default=2, help="fresh runs per seed (at least 2)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report to write")
+    parser.add_argument(
+        "--metrics", type=Path, default=DEFAULT_METRICS, help="where the disagreeing seeds are"
+    )
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    seeds = args.seed
+    if not seeds:
+        seeds, why = seeds_to_pinpoint(params, args.metrics)
+        print(why)
+    report = pinpoint_seeds(args.params, seeds, args.runs)
+    print("\n".join(report.lines()))
+
+    from detflow.artifact import write_text
+
+    write_text(args.out, json.dumps(report.record(), indent=2) + "\n")
+    return 1 if report.diverged else 0
+
+
+def cli() -> None:
+    """The ``detflow-pinpoint`` entry point."""
+    run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,415 @@
+"""detflow.pinpoint: the op where fresh runs of a seed first diverge, and torch's alerts.
+
+Each pinpoint starts fresh processes (about 2 s each, for torch's import); tests that need no
+alerts pass ``latent=False`` to start one process fewer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detflow.cli import DetflowError
+from detflow.committed import config_digest
+from detflow.params import parse_params
+from detflow.pinpoint import (
+    OUTPUT_UNINITIALISED,
+    READ_UNINITIALISED,
+    RECORD_DTYPE,
+    first_difference,
+    main,
+    name_translation,
+    pinpoint_seeds,
+    read_strings,
+    seeds_to_pinpoint,
+    trace_files,
+)
+
+TESTS = Path(__file__).parent
+TASKS_FILE = TESTS / "tasks_for_pinpoint.py"
+
+
+def lines_of(tag: str) -> list[int]:
+    """The lines of tasks_for_pinpoint.py marked ``# pinpoint: <tag>``."""
+    lines = TASKS_FILE.read_text().splitlines()
+    return [n for n, line in enumerate(lines, 1) if line.endswith(f"# pinpoint: {tag}")]
+
+
+def line_of(tag: str) -> int:
+    (line,) = lines_of(tag)
+    return line
+
+
+@pytest.fixture(autouse=True)
+def children_find_test_tasks(monkeypatch):
+    """The traced runs are fresh processes: they import tasks_for_pinpoint through PYTHONPATH."""
+    paths = [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
+
+
+@pytest.fixture
+def params_for(project_params, write_params):
+    """params.yaml for one seed of a task, written to tmp_path."""
+
+    def write(**changes) -> Path:
+        return write_params({**project_params, "torch_seed": [0], **changes})
+
+    return write
+
+
+def divergence_of(params_path: Path, seed: int = 0, latent: bool = False):
+    report = pinpoint_seeds(params_path, [seed], latent=latent)
+    return report, report.findings[0].divergence
+
+
+def test_how_to_without_pre_task_names_the_rng_fill_in_linear_init(params_for):
+    params_path = params_for(pre_task=None)
+    command = [sys.executable, "-m", "detflow.pinpoint", "--seed", "0", "--out", "report.json"]
+    run = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert run.returncode == 1, run.stderr  # a divergence: scripts can gate on it
+    lines = run.stdout.splitlines()
+    module_line = params_path.read_text().splitlines().index("module:") + 1
+    assert lines[0] == "pinpoint: torch_seed 0, 2 fresh runs, 12 ops each"
+    # Ops #0 and #1 are the torch.empty of weight and bias: uninitialised, so never compared.
+    assert lines[1] == (
+        "first divergence: op #2 aten.uniform_.default (forward) in module Linear "
+        f"(torch.nn.Linear, outside its forward), from params.yaml:{module_line}"
+    )
+    via = re.fullmatch(r"  called at torch/nn/init\.py:(\d+) \(kaiming_uniform_\)", lines[2])
+    assert via, lines[2]
+    init_file = Path(torch.nn.init.__file__).read_text().splitlines()
+    assert "uniform_(" in init_file[int(via[1]) - 1]  # the line really draws the weights
+    assert lines[3].startswith("  its inputs were equal: this RNG op drew different numbers")
+    assert lines[4] == "latent non-deterministic ops: none flagged by torch"
+    record = json.loads(Path("report.json").read_text())
+    assert record["diverged"] is True
+    assert (record["op_index"], record["op"], record["phase"]) == (
+        2,
+        "aten.uniform_.default",
+        "forward",
+    )
+    assert (record["module"], record["module_class"]) == ("Linear", "torch.nn.Linear")
+    assert record["source"] == f"params.yaml:{module_line}"
+    assert record["inputs_equal"] is True
+    assert (record["seeds"], record["ops_traced"]) == ("0", 12)
+
+
+def test_numpy_data_is_blamed_on_the_first_op_that_reads_it(params_for):
+    _, divergence = divergence_of(params_for(task="tasks_for_pinpoint.numpy_draws"))
+    # from_numpy runs aten.lift_fresh in torch 2.13: the first op that reads NumPy's numbers.
+    assert (divergence.op_index, divergence.op) == (0, "aten.lift_fresh.default")
+    assert divergence.inputs_equal is False
+    assert "came from outside torch" in divergence.cause()
+    assert divergence.source == f"tasks_for_pinpoint.py:{line_of('numpy')}"
+    assert divergence.module is None
+
+
+def test_unseeded_generator_is_named_after_the_deterministic_ops(params_for):
+    _, divergence = divergence_of(params_for(task="tasks_for_pinpoint.unseeded_generator"))
+    # arange, mul, add, sum agree; then the draw.
+    assert (divergence.op_index, divergence.op) == (4, "aten.rand.generator")
+    assert divergence.inputs_equal is True
+    assert divergence.random_op
+    assert "generator" in divergence.cause()
+    assert divergence.source == f"tasks_for_pinpoint.py:{line_of('generator')}"
+
+
+def test_a_non_deterministic_custom_op_is_named(params_for):
+    _, divergence = divergence_of(params_for(task="tasks_for_pinpoint.custom_noisy_op"))
+    assert (divergence.op_index, divergence.op) == (2, "detflow_test.noisy_add.default")
+    assert divergence.inputs_equal is True
+    assert not divergence.random_op
+    assert "the op itself gave different outputs" in divergence.cause()
+    assert divergence.source == f"tasks_for_pinpoint.py:{line_of('custom')}"
+
+
+def test_runs_that_branch_apart_are_a_path_difference(params_for):
+    _, divergence = divergence_of(params_for(task="tasks_for_pinpoint.branches_per_run"))
+    assert (divergence.kind, divergence.op_index) == ("path", 1)
+    assert {divergence.op, divergence.other_op} == {"aten.add.Tensor", "aten.mul.Tensor"}
+    assert divergence.inputs_equal is None
+    assert divergence.source in {f"tasks_for_pinpoint.py:{n}" for n in lines_of("branch")}
+    assert "the runs took different paths" in divergence.cause()
+
+
+def test_agreeing_runs_exit_zero_and_say_so(params_for, capsys):
+    params_path = params_for()  # the how-to, seeded
+    assert main(["--params", str(params_path), "--out", "pinpoint.json"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "pinpoint: no metrics.json: tracing the first seed, torch_seed 0",
+        "pinpoint: torch_seed 0, 2 fresh runs, 12 ops each",
+        "no divergence: every op gave equal outputs in every run, and so did the results",
+        "latent non-deterministic ops: none flagged by torch",
+    ]
+    record = json.loads(Path("pinpoint.json").read_text())
+    assert record["diverged"] is False
+    assert record["op"] is None
+    assert record["latent_nondeterministic_ops"] == {}
+    assert not list(Path().glob(".pinpoint.json.*"))  # written through a temporary file
+
+
+def test_uninitialised_memory_written_before_it_is_read_agrees(params_for):
+    report, divergence = divergence_of(params_for(task="tasks_for_pinpoint.uses_empty_memory"))
+    assert divergence is None
+    assert report.record()["diverged"] is False
+
+
+def test_latent_risks_list_the_ops_torch_flags(params_for):
+    report, divergence = divergence_of(
+        params_for(task="tasks_for_pinpoint.flagged_op"), latent=True
+    )
+    assert divergence is None  # put_ is serial on the CPU: the runs agree
+    source = f"tasks_for_pinpoint.py:{line_of('flagged')}"
+    assert report.latent == {"put_": {"count": 2, "source": source}}
+    assert report.record()["latent_nondeterministic_ops"] == {"put_": 2}
+    assert report.lines()[-1] == f"latent non-deterministic ops: put_ x2 (from {source})"
+
+
+def test_alert_messages_are_parsed():
+    from detflow.trace import alert_op
+
+    # As torch 2.13 words it (captured from put_ on the CPU).
+    message = (
+        "put_ does not have a deterministic implementation, but you set "
+        "'torch.use_deterministic_algorithms(True, warn_only=True)'. You can file an issue at "
+        "https://github.com/pytorch/pytorch/issues to help us prioritize adding deterministic "
+        "support for this operation."
+    )
+    assert alert_op(message) == "put_"
+    assert alert_op("index_add_cuda_ does not have a deterministic implementation, but ...") == (
+        "index_add_cuda_"
+    )
+    assert alert_op("TypedStorage is deprecated") is None
+
+
+def test_a_failing_run_is_one_line(params_for):
+    params_path = params_for(task="tasks_for_tests.raises_on_seed_one", torch_seed=[0, 1])
+    with pytest.raises(DetflowError, match=r"traced run 1 of torch_seed 1 failed: .*boom"):
+        pinpoint_seeds(params_path, [1], latent=False)
+
+
+@pytest.mark.parametrize(
+    ("runs", "seeds", "message"),
+    [(1, [0], "runs 1 is too few"), (2, [-1], "torch_seed -1 is out of range")],
+)
+def test_bad_arguments_fail_before_any_run(params_for, runs, seeds, message):
+    with pytest.raises(DetflowError, match=message):
+        pinpoint_seeds(params_for(), seeds, runs=runs)
+
+
+def test_the_command_line_reports_errors_in_one_line(params_for):
+    params_for()
+    command = [sys.executable, "-m", "detflow.pinpoint", "--runs", "1", "--seed", "0"]
+    run = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        "detflow: error: runs 1 is too few: give at least 2 (pinpoint compares fresh runs)"
+    ]
+
+
+def test_pinpoint_imports_no_torch():
+    code = "import sys, detflow.pinpoint; print('torch' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"
+
+
+# Which seeds ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_seeds(project_params):
+    return parse_params(project_params)
+
+
+def write_metrics(params, **values) -> Path:
+    path = Path("metrics.json")
+    path.write_text(json.dumps({"config_digest": config_digest(params), **values}))
+    return path
+
+
+def test_seeds_come_from_matching_metrics(two_seeds):
+    path = write_metrics(two_seeds, disagreeing_seeds="1")
+    assert seeds_to_pinpoint(two_seeds, path) == (
+        [1],
+        "pinpoint: metrics.json says torch_seed 1 disagree",
+    )
+
+
+def test_agreeing_metrics_trace_the_first_seed(two_seeds):
+    seeds, why = seeds_to_pinpoint(two_seeds, write_metrics(two_seeds, disagreeing_seeds=""))
+    assert seeds == [0]
+    assert why.endswith("says every trial agrees: tracing torch_seed 0 for latent risks")
+
+
+def test_metrics_from_other_params_are_not_used(two_seeds):
+    path = Path("metrics.json")
+    path.write_text(json.dumps({"config_digest": "sha256:other", "disagreeing_seeds": "1"}))
+    seeds, why = seeds_to_pinpoint(two_seeds, path)
+    assert seeds == [0]
+    assert "made from other params" in why
+
+
+def test_many_disagreeing_seeds_are_capped(two_seeds):
+    path = write_metrics(two_seeds, disagreeing_seeds="0,1,2,3,4")
+    seeds, why = seeds_to_pinpoint(two_seeds, path)
+    assert seeds == [0, 1, 2]
+    assert "name others with --seed" in why
+
+
+# The comparison, on synthetic traces ---------------------------------------------------------
+
+
+def write_trace(prefix: Path, names: list[str], records: np.ndarray) -> None:
+    files = trace_files(prefix)
+    records.tofile(files.ops)
+    files.strings.write_text("".join(f"name\t{name}\n" for name in names))
+
+
+def synthetic(count: int, name: int = 1) -> np.ndarray:
+    records = np.zeros(count, RECORD_DTYPE)
+    records["name"] = name
+    records["outputs_lo"] = np.arange(count)
+    return records
+
+
+def compare(first: Path, second: Path, **kwargs):
+    translation = name_translation(
+        read_strings(trace_files(first).strings)["name"],
+        read_strings(trace_files(second).strings)["name"],
+    )
+    return first_difference(trace_files(first).ops, trace_files(second).ops, translation, **kwargs)
+
+
+def test_the_comparison_streams_a_million_ops(tmp_path):
+    count = 1_000_000
+    records = synthetic(count)
+    write_trace(tmp_path / "a", ["aten.add.Tensor"], records)
+    records["outputs_hi"][count - 1] = 1  # the very last op differs
+    write_trace(tmp_path / "b", ["aten.add.Tensor"], records)
+    del records
+    tracemalloc.start()
+    try:
+        difference = compare(tmp_path / "a", tmp_path / "b")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (difference.index, difference.kind) == (count - 1, "outputs")
+    assert peak < 20 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_different_ops_at_one_position_are_a_path_difference(tmp_path):
+    # The runs number their names differently; the comparison goes by the names themselves.
+    first, second = synthetic(10), synthetic(10, name=2)
+    second["name"][7] = 1
+    write_trace(tmp_path / "a", ["aten.add.Tensor", "aten.mul.Tensor"], first)
+    write_trace(tmp_path / "b", ["aten.mul.Tensor", "aten.add.Tensor"], second)
+    difference = compare(tmp_path / "a", tmp_path / "b", chunk_records=3)
+    assert (difference.index, difference.kind) == (7, "path")
+
+
+def test_a_trace_that_ends_first_is_a_difference(tmp_path):
+    write_trace(tmp_path / "a", ["aten.add.Tensor"], synthetic(10))
+    write_trace(tmp_path / "b", ["aten.add.Tensor"], synthetic(12))
+    difference = compare(tmp_path / "a", tmp_path / "b", chunk_records=4)
+    assert (difference.index, difference.kind) == (10, "ended")
+    assert difference.first is None
+
+
+def test_differing_inputs_before_the_divergence_are_noted(tmp_path):
+    first, second = synthetic(10), synthetic(10)
+    second["inputs_lo"][3] = 1  # read other data, gave the same outputs
+    second["outputs_lo"][5] = 99
+    write_trace(tmp_path / "a", ["aten.gt.Scalar"], first)
+    write_trace(tmp_path / "b", ["aten.gt.Scalar"], second)
+    difference = compare(tmp_path / "a", tmp_path / "b")
+    assert (difference.index, difference.inputs_index) == (5, 3)
+
+
+def test_uninitialised_outputs_are_not_compared(tmp_path):
+    first, second = synthetic(4), synthetic(4)
+    second["outputs_lo"][1] = 99
+    second["flags"][1] = first["flags"][1] = OUTPUT_UNINITIALISED
+    write_trace(tmp_path / "a", ["aten.empty.memory_format"], first)
+    write_trace(tmp_path / "b", ["aten.empty.memory_format"], second)
+    assert compare(tmp_path / "a", tmp_path / "b") is None
+
+
+# The tracer, in this process -------------------------------------------------------------
+
+
+def traced(tmp_path: Path, name: str, garbage: float, read_garbage: bool) -> Path:
+    """A trace of ops on memory from torch.empty, which here holds ``garbage``."""
+    from detflow.trace import OpTracer, TraceWriter
+
+    prefix = tmp_path / name
+    with TraceWriter(trace_files(prefix)) as writer, OpTracer(writer, tmp_path / "params.yaml"):
+        weight = torch.empty(3)
+        weight.numpy()[:] = garbage  # what a fresh process's memory held: no torch op
+        weight.uniform_(generator=torch.Generator().manual_seed(0))
+        spare = torch.empty(2, 2)
+        spare.numpy()[:] = garbage
+        view = spare.view(4)
+        if read_garbage:
+            view.add(1.0)
+    return prefix
+
+
+def flagged_ops(prefix: Path, flag: int) -> list[tuple[str, bool]]:
+    """Each op of a trace by name, and whether it carries ``flag``."""
+    names = read_strings(trace_files(prefix).strings)["name"]
+    records = np.fromfile(trace_files(prefix).ops, RECORD_DTYPE)
+    return [(names[r["name"] - 1], bool(r["flags"] & flag)) for r in records]
+
+
+def test_fills_of_uninitialised_memory_agree(tmp_path):
+    first = traced(tmp_path, "a", 1.0, read_garbage=False)
+    second = traced(tmp_path, "b", 2.0, read_garbage=False)
+    assert compare(first, second) is None
+    # .numpy() runs aten.detach: a view of the garbage, so not compared either.
+    assert flagged_ops(first, OUTPUT_UNINITIALISED) == [
+        ("aten.empty.memory_format", True),
+        ("aten.detach.default", True),
+        ("aten.uniform_.default", False),  # it overwrites the garbage: compared, and equal
+        ("aten.empty.memory_format", True),
+        ("aten.detach.default", True),
+        ("aten.view.default", True),
+    ]
+
+
+def test_reading_uninitialised_memory_is_flagged(tmp_path):
+    first = traced(tmp_path, "a", 1.0, read_garbage=True)
+    second = traced(tmp_path, "b", 2.0, read_garbage=True)
+    difference = compare(first, second)
+    assert flagged_ops(first, READ_UNINITIALISED)[difference.index] == ("aten.add.Tensor", True)
+
+
+# On a GPU --------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_scatter_sum_on_cuda_names_its_atomic_op(params_for):
+    params_path = params_for(task="detflow.tasks.scatter_sum", device="cuda")
+    _, divergence = divergence_of(params_path)
+    assert divergence is not None
+    assert re.match(r"aten\.(index_add|scatter_add)", divergence.op), divergence.op
+    assert divergence.inputs_equal is True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_conv_backward_on_cuda_names_a_convolution_backward_op(params_for):
+    params_path = params_for(task="tasks_for_pinpoint.conv_backward", device="cuda")
+    _, divergence = divergence_of(params_path)
+    assert divergence is not None
+    assert divergence.phase == "backward"
+    assert "convolution_backward" in divergence.op, divergence.op
