@@ -52,6 +52,9 @@ TABLE = [
     "dvc exp show",
     "python -m detflow.collect",
     "dvc exp run -S pre_task=null",
+    "python -m detflow.pinpoint",
+    RESET,
+    "dvc exp run -S pre_task=null -S pinpoint=true",
     RESET,
     "dvc exp run -S task=detflow.tasks.train -S pre_task=detflow.seeding.seed_everything "
     "-S train.num_workers=2",
@@ -229,6 +232,21 @@ def test_the_commands_table_in_order_in_one_clone(fresh_clone):
     found = metrics(repo)
     assert (found["deterministic"], found["disagreeing_seeds"]) == (False, "0,1")
     assert len({lock_md5s(repo)[f"data/trials/{t}.nc"] for t in TRIALS}) == 3
+    # It exits 1: a divergence was found (what a script gates on).
+    found = run(repo, "python -m detflow.pinpoint", check=False)
+    assert "metrics.json says torch_seed 0,1 disagree" in found
+    assert "first divergence: op #2 aten.uniform_.default (forward) in module Linear" in found
+    assert "Traceback" not in found
+    reset(repo)
+
+    shown = run(repo, "dvc exp run -S pre_task=null -S pinpoint=true")
+    assert "python -m detflow.pinpoint" in shown  # the aggregate names the command
+    report = json.loads((repo / "pinpoint.json").read_text())
+    assert (report["ran"], report["diverged"], report["op"]) == (
+        True,
+        True,
+        "aten.uniform_.default",
+    )
     reset(repo)
 
     run(

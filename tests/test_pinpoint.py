@@ -21,16 +21,14 @@ import torch
 from detflow.cli import DetflowError
 from detflow.committed import config_digest
 from detflow.params import parse_params
-from detflow.pinpoint import (
+from detflow.pinpoint import main, pinpoint_seeds, seeds_to_pinpoint
+from detflow.trace_format import (
     OUTPUT_UNINITIALISED,
     READ_UNINITIALISED,
     RECORD_DTYPE,
     first_difference,
-    main,
     name_translation,
-    pinpoint_seeds,
     read_strings,
-    seeds_to_pinpoint,
     trace_files,
 )
 

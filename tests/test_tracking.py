@@ -81,4 +81,5 @@ def test_the_engine_modules_are_the_task_stage_deps():
         "pinpoint",
         "pinpoint_stage",
         "trace",
+        "trace_format",
     }

@@ -35,7 +35,8 @@ from detflow.artifact import write_text
 from detflow.cli import run_main, stage_parser
 from detflow.outputs import Output
 from detflow.params import DEFAULT_PARAMS, load_params
-from detflow.pinpoint import (
+from detflow.run import bind, seed_runner
+from detflow.trace_format import (
     BACKWARD,
     OUTPUT_UNINITIALISED,
     OUTSIDE_FORWARD,
@@ -46,7 +47,6 @@ from detflow.pinpoint import (
     TraceFiles,
     trace_files,
 )
-from detflow.run import bind, seed_runner
 
 DIGEST_SIZE = 16
 NO_DIGEST = bytes(DIGEST_SIZE)

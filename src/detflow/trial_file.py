@@ -21,8 +21,9 @@ from detflow.cli import DetflowError
 from detflow.outputs import Output
 
 # Seeds of small outputs are written together (a netCDF write per seed would cost more than
-# the how-to's task); a seed larger than this is written on its own.
+# the how-to's task), up to this many bytes or seeds; a seed larger than that goes on its own.
 FLUSH_BYTES = 8 << 20
+FLUSH_SEEDS = 1024
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class TrialWriter:
             check_like_first(self.task, seed, outputs, self.seeds[0], self.first)
         self.pending.append(outputs)
         self.pending_bytes += sum(output.array.nbytes for output in outputs.values())
-        if self.pending_bytes >= FLUSH_BYTES:
+        if self.pending_bytes >= FLUSH_BYTES or len(self.pending) >= FLUSH_SEEDS:
             self.flush()
 
     def create(self, first: Mapping[str, Output]) -> None:
