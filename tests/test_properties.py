@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from detflow import aggregate
-from detflow.artifact import read_dataset, read_dataset_bytes, write_dataset
-from detflow.collect import merge, seed_sources, verify
-from detflow.determinism import compare_trials
-from detflow.experiments import Experiment
+from detflow.artifact import read_dataset
+from detflow.collect_merge import collect_into
+from detflow.determinism import compare_trials, content_digest
+from detflow.experiments import local_experiment
 from detflow.outputs import Output
 from detflow.params import parse_params
 from detflow.trial_file import trial_file
@@ -109,18 +109,21 @@ def test_every_dtype_goes_through_the_pipeline_bit_for_bit(case):
             for label, array in zip(labels, arrays, strict=True):
                 got = plotted_values(root / "plots" / "out.csv", seed, label)
                 assert got == as_plotted(array[position])
-        # Collect: the result read back as collect reads it, merged, written and re-read.
-        data = (root / "result.nc").read_bytes()
+        # Collect: the result streamed into the collected file, which reads back as the
+        # result sorted by seed, with each seed's source.
         params = parse_params(values)
-        experiment = Experiment("e", "0" * 40, params, read_dataset_bytes(data, "result.nc"))
-        sources = seed_sources([experiment])
-        collected = merge(sources)
-        write_dataset(collected, root / "collected.nc")
+        experiment = local_experiment("e", "0" * 40, params, root / "result.nc", "result.nc")
+        collected = collect_into([experiment], root / "collected.nc")
         reread = read_dataset(root / "collected.nc")
-        xr.testing.assert_identical(reread, collected)
         order = np.argsort(seeds)
+        expected = result.isel(torch_seed=order).assign_coords(
+            experiments=("torch_seed", np.array(["e"] * len(seeds))),
+            revs=("torch_seed", np.array(["0" * 40] * len(seeds))),
+        )
+        xr.testing.assert_identical(reread, expected)
         assert reread["out"].values.tobytes() == result["out"].values[order].tobytes()
-        assert verify(sources).deterministic == metrics["deterministic"]
+        assert collected.digest == content_digest(expected.drop_vars(["experiments", "revs"]))
+        assert collected.verdict.deterministic == metrics["deterministic"]
 
     verdict = compare_trials(result)
     for position, seed in enumerate(seeds):

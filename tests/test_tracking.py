@@ -72,6 +72,7 @@ def test_the_engine_modules_are_the_task_stage_deps():
     assert used == {
         "aggregate",
         "collect",
+        "collect_merge",
         "committed",
         "determinism",
         "experiments",

@@ -152,19 +152,6 @@ def read_dataset(path: Path) -> xr.Dataset:
     return restore_dtypes(dataset)
 
 
-def read_dataset_bytes(data: bytes, name: str) -> xr.Dataset:
-    """Load a netCDF artifact held in memory (e.g. read from a git rev through DVC)."""
-    import netCDF4
-    import xarray as xr
-
-    try:
-        with netCDF4.Dataset(name, mode="r", memory=data) as nc:
-            dataset = xr.open_dataset(xr.backends.NetCDF4DataStore(nc)).load()
-    except Exception as error:
-        raise DetflowError(f"{name} is not a readable netCDF file ({one_line(error)})") from error
-    return restore_dtypes(dataset)
-
-
 def restore_dtypes(dataset: xr.Dataset) -> xr.Dataset:
     """Undo ``stored_form``: float16 variables come back as float16."""
     for name, variable in dataset.data_vars.items():

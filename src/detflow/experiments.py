@@ -1,40 +1,48 @@
 """Find a project's DVC experiments, read their params and results through DVC's public API
 (``dvc.api``), and tell their configs apart. Nothing is checked out, and the workspace is left
-as it was."""
+as it was: each result is copied, in bounded memory, into a scratch folder that collect opens
+lazily."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import xarray as xr
+import numpy as np
 
-from detflow.artifact import read_dataset_bytes
+from detflow.artifact import disk_full, open_netcdf
 from detflow.cli import DetflowError, one_line
 from detflow.params import RUN_ONLY_PARAMS, Params, parse_params, parse_yaml
+
+# Each read while copying a result out of DVC: the copy holds this much, not the file.
+COPY_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """One experiment's (or git rev's) params and result, read without a checkout."""
+    """One experiment's (or git rev's) params and result, read without a checkout.
+
+    The result stays on disk (``result``, a local netCDF file); only what grouping and
+    planning need is held: its seeds, in file order, and its global attrs.
+    """
 
     name: str
     rev: str
     params: Params
-    result: xr.Dataset
+    result: Path
+    seeds: tuple[int, ...]
+    attrs: Mapping[str, Any]
 
     @property
     def label(self) -> str:
         return f"{self.name} ({self.rev[:7]})"
-
-    @property
-    def seeds(self) -> list[int]:
-        return [int(seed) for seed in self.result["torch_seed"].values]
 
 
 # Params that may differ between experiments that are merged: the seeds themselves, how
@@ -57,7 +65,7 @@ def config_of(experiment: Experiment) -> dict[str, Any]:
     code that ran (the trials' ``code_digest``), never imported or called here."""
     values = experiment.params.values
     fixed = {key: value for key, value in values.items() if key not in FREE_PARAMS}
-    return {**flatten(fixed), "code_digest": experiment.result.attrs.get("code_digest")}
+    return {**flatten(fixed), "code_digest": experiment.attrs.get("code_digest")}
 
 
 def config_key(experiment: Experiment) -> str:
@@ -168,15 +176,32 @@ def find_revs(names: Sequence[str]) -> list[tuple[str, str]]:
     return [(name, rev) for rev, name in resolved.items()]
 
 
-def read_experiment(root: str, name: str, rev: str, result_path: str) -> Experiment:
-    """Read params.yaml and the result at ``rev`` through DVC, fetching from its remote."""
+def local_experiment(name: str, rev: str, params: Params, path: Path, source: str) -> Experiment:
+    """The experiment whose result is the local netCDF file ``path`` (``source`` names it in
+    errors): its seeds and attrs are read, its values left on disk."""
+    try:
+        nc = open_netcdf(path, "r")
+    except Exception as error:  # netCDF4 raises OSError, ValueError, RuntimeError, ...
+        raise DetflowError(f"{source} is not a readable netCDF file ({one_line(error)})") from error
+    with nc:
+        # A result without seeds is refused by name when it is collected (check_result).
+        seeds = nc.variables["torch_seed"][:] if "torch_seed" in nc.variables else []
+        attrs = dict(nc.__dict__)
+    return Experiment(name, rev, params, path, tuple(int(s) for s in np.ravel(seeds)), attrs)
+
+
+def read_experiment(root: str, name: str, rev: str, result_path: str, folder: Path) -> Experiment:
+    """Read params.yaml at ``rev`` through DVC, and copy the result into ``folder``, fetching
+    it from the DVC remote if needed."""
     from dvc.api import DVCFileSystem
 
     label = f"{name} ({rev[:7]})"
     fs = DVCFileSystem(url=root, rev=rev)
+    copy = folder / f"{rev}.nc"
     try:
         params_values = parse_yaml(fs.read_text("params.yaml"), f"params.yaml of {label}")
-        data = fs.read_bytes(result_path)
+        with fs.open(result_path, "rb") as source, copy.open("wb") as target:
+            shutil.copyfileobj(source, target, COPY_BYTES)
     except FileNotFoundError:
         raise DetflowError(
             f"{label} has no {result_path}: run `dvc exp pull <git remote> {name}`, or leave it out"
@@ -184,22 +209,29 @@ def read_experiment(root: str, name: str, rev: str, result_path: str) -> Experim
     except DetflowError:
         raise
     except Exception as error:
+        if disk_full(folder, error):
+            raise DetflowError(
+                f"no space left on the device that holds {folder} to copy {result_path} of "
+                f"{label} into ({one_line(error)}): free some space, then rerun"
+            ) from error
         raise DetflowError(
             f"cannot read {result_path} of {label} ({one_line(error)}): "
             f"`dvc exp pull <git remote> {name}` fetches it from the DVC remote"
         ) from error
     params = parse_params(params_values, source=f"params.yaml of {label}")
-    result = read_dataset_bytes(data, f"{result_path} of {label}")
-    return Experiment(name, rev, params, result)
+    return local_experiment(name, rev, params, copy, f"{result_path} of {label}")
 
 
-def read_experiments(revs: Sequence[tuple[str, str]], result_path: str) -> list[Experiment]:
-    """Each (name, commit)'s experiment, with a progress bar on stderr."""
+def read_experiments(
+    revs: Sequence[tuple[str, str]], result_path: str, folder: Path
+) -> list[Experiment]:
+    """Each (name, commit)'s experiment, its result copied into ``folder``, with a progress
+    bar on stderr."""
     from tqdm import tqdm
 
     root = project_root()
     experiments = []
     with tqdm(revs, desc="reading experiments", unit="exp", file=sys.stderr) as progress:
         for name, rev in progress:
-            experiments.append(read_experiment(root, name, rev, result_path))
+            experiments.append(read_experiment(root, name, rev, result_path, folder))
     return experiments

@@ -128,7 +128,7 @@ def check_same_layout(path: Path, nc: Any, first_path: Path, first: Any) -> None
 # ---------------------------------------------------------------------------- slabs
 
 
-def seed_slabs(shape: Sequence[int], itemsize: int, limit: int = SLAB_BYTES):
+def seed_slabs(shape: Sequence[int], itemsize: int, limit: int | None = None):
     """Hyperslabs of a ``(torch_seed, ...)`` variable in C order: runs of whole seeds up to
     ``limit`` bytes (``whole=True``), or, for a seed larger than that, runs of its first axis.
 
@@ -139,6 +139,7 @@ def seed_slabs(shape: Sequence[int], itemsize: int, limit: int = SLAB_BYTES):
     >>> [s for s, _ in seed_slabs((1, 4, 2), itemsize=4, limit=16)]
     [(slice(0, 1, None), slice(0, 2, None)), (slice(0, 1, None), slice(2, 4, None))]
     """
+    limit = SLAB_BYTES if limit is None else limit  # read at call time: tests shrink it
     n_seeds, rest = shape[0], tuple(shape[1:])
     seed_bytes = math.prod(rest) * itemsize
     if not rest or seed_bytes <= limit:
@@ -232,6 +233,7 @@ def stream_variable(
     findings = VariableFindings()
     first = trials[0].variables[name]
     target = out.variables[name]
+    parts: list[tuple[slice, ...]] = []  # of the large seed being read
     for slab, whole in seed_slabs(first.shape, stored_dtype(first).itemsize):
         if whole:
             block = np.stack([read_slab(t.variables[name], slab) for t in trials], axis=1)
@@ -239,16 +241,25 @@ def stream_variable(
             digest.update(np.ascontiguousarray(block).tobytes())
             target[slab[0]] = stored_form(block)[0]
             continue
-        # Part of one large seed: each trial's part against the first trial's, in the
-        # digest's order (trial by trial, rows in order within a trial).
-        seed, rows = seeds[slab[0]][0], slab[1]
-        reference = read_slab(first, slab)
-        for position, trial in enumerate(trials):
-            part = reference if position == 0 else read_slab(trial.variables[name], slab)
-            note_part(findings, seed, position, reference, part, rows.start)
-            digest.update(np.ascontiguousarray(part).tobytes())
-            target[slab[0], position, rows] = stored_form(part[0])[0]
+        parts.append(slab)
+        if slab[1].stop == first.shape[1]:  # the seed's last part
+            stream_large_seed(name, trials, seeds[slab[0]][0], parts, findings, target, digest)
+            parts = []
     return findings
+
+
+def stream_large_seed(name, trials, seed, parts, findings, target, digest) -> None:
+    """One seed larger than a slab, in parts: each trial's part against the first trial's,
+    in the digest's order (trial by trial, rows in order within a trial), so that the first
+    trial that differs is also the first recorded."""
+    first = trials[0].variables[name]
+    for position, trial in enumerate(trials):
+        for slab in parts:
+            reference = read_slab(first, slab)
+            part = reference if position == 0 else read_slab(trial.variables[name], slab)
+            note_part(findings, seed, position, reference, part, slab[1].start)
+            digest.update(np.ascontiguousarray(part).tobytes())
+            target[slab[0], position, slab[1]] = stored_form(part[0])[0]
 
 
 def digest_header(name: str, dims: Sequence[str], dtype: str, shape: Sequence[int], size: int):
@@ -286,19 +297,27 @@ def create_result(out: Any, first: Any, trial_ids: Sequence[str], attrs: Mapping
     return extra
 
 
+def unnumbered_axis(nc: Any, dims: Sequence[str]) -> tuple[str, int] | None:
+    """The first of ``dims`` (with its length) whose coordinate is not 0, 1, 2, ..., as the
+    trial stage and the aggregate number every axis; None when all are."""
+    for dim in dims:
+        if dim not in nc.variables:
+            continue
+        size = len(nc.dimensions[dim])
+        for start in range(0, size, COORDINATE_SLAB):
+            stop = min(start + COORDINATE_SLAB, size)
+            if not np.array_equal(nc.variables[dim][start:stop], np.arange(start, stop)):
+                return dim, size
+    return None
+
+
 def check_index_coordinates(paths: Sequence[Path], trials: Sequence[Any], dims: Sequence[str]):
     """Each axis of every trial must be numbered 0, 1, 2, ... as the trial stage writes it."""
     for path, trial in zip(paths, trials, strict=True):
-        for dim in dims:
-            if dim not in trial.variables:
-                continue
-            size = len(trial.dimensions[dim])
-            for start in range(0, size, COORDINATE_SLAB):
-                stop = min(start + COORDINATE_SLAB, size)
-                if not np.array_equal(trial.variables[dim][start:stop], np.arange(start, stop)):
-                    raise DetflowError(
-                        f"{path}: the {dim} axis is not numbered 0..{size - 1}: {REBUILD}"
-                    )
+        found = unnumbered_axis(trial, dims)
+        if found is not None:
+            dim, size = found
+            raise DetflowError(f"{path}: the {dim} axis is not numbered 0..{size - 1}: {REBUILD}")
 
 
 def stack_trials(
