@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--experiments", type=int, default=3)
     parser.add_argument("--trials", default="a", help="each experiment's trial_id, e.g. a,b,c")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     trials = args.trials.split(",")
     cases = {
@@ -109,6 +111,8 @@ def main() -> int:
             f"{name:<10} {row['data_mib']:>6.0f} MiB {row['peak_mib']:>6.0f} MiB "
             f"{growth:>+7.1%} {row['seconds']:>8.1f}"
         )
+    if args.json:
+        args.json.write_text(json.dumps({"imports_mib": floor, **figures}, indent=2) + "\n")
     return 0
 
 
