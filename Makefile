@@ -36,13 +36,15 @@ test-cpu-paths: setup
 	ATEN_CPU_CAPABILITY=avx2 $(call PYTEST,-m "not e2e and not slurm")
 
 # Speed against an in-process multirun (about 7 minutes), the stages' and collect's peak
-# memory as the data grows 4x (about 3 minutes), and a 100,000-seed sweep (about 5 minutes).
+# memory as the data grows 4x (about 3 minutes), a 100,000-seed sweep (about 5 minutes) and
+# pinpoint's trace against a plain run of the training task (about 1 minute).
 # Prints figures and writes them to benchmarks/*.json.
 bench: setup
 	python -m benchmarks.bench
 	python -m benchmarks.memory --json benchmarks/memory.json
 	python -m benchmarks.collect_memory --json benchmarks/collect_memory.json
 	python -m benchmarks.sweep --json benchmarks/sweep.json
+	python -m benchmarks.pinpoint
 
 # torch_seed 0..999 x 4 trials: stage times, peak memory, result shape (about 1 minute).
 scale: setup

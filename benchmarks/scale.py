@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from tests.project_copy import environment, make_copy, run_measured, stage_commands
+from tests.project_copy import make_copy, run_measured, stage_commands
 
 from detflow.artifact import read_dataset
 
@@ -41,15 +39,7 @@ def main() -> int:
             seconds, peak_mib = run_measured(command, repo)
             stages[name] = {"seconds": round(seconds, 2), "peak_mib": round(peak_mib, 1)}
             print(f"{name:>10}: {seconds:6.2f} s, peak {peak_mib:7.1f} MiB")
-        started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "dvc", "repro", "-f", "--no-run-cache", "-q"],
-            cwd=repo,
-            env=environment(),
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        repro_seconds = time.perf_counter() - started
+        repro_seconds, _ = run_measured(f"{sys.executable} -m dvc repro -f --no-run-cache -q", repo)
         result = read_dataset(repo / "data/result.nc")
         shape = {name: list(result[name].shape) for name in result.data_vars}
         verdict = json.loads((repo / "metrics.json").read_text())["deterministic"]

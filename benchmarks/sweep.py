@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tests.project_copy import environment, make_copy
+from tests.project_copy import make_copy, run_measured
 
 from detflow.params import parse_yaml
 
@@ -84,15 +83,7 @@ def cold_repro_seconds(seeds: int) -> float:
         repo = make_copy(
             Path(folder) / "project", torch_seed=f"0..{seeds - 1}", trial_id=["a", "b"]
         )
-        started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "dvc", "repro", "-f", "--no-run-cache", "-q"],
-            cwd=repo,
-            env=environment(),
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        seconds = time.perf_counter() - started
+        seconds, _ = run_measured(f"{sys.executable} -m dvc repro -f --no-run-cache -q", repo)
         metrics = json.loads((repo / "metrics.json").read_text())
         assert metrics["n_torch_seeds"] == seeds and metrics["deterministic"], metrics
     return seconds
