@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from detflow.artifact import (
-    COORDINATE_SLAB,
     atomic_path,
     open_netcdf,
     stored_form,
@@ -34,10 +33,14 @@ from detflow.experiments import (
 from detflow.trial_stack import (
     SLAB_BYTES,
     VariableFindings,
-    compare_block,
+    create_like,
     data_variables,
+    digest_axis,
     digest_header,
+    note_block,
+    note_part,
     read_slab,
+    row_slabs,
     stored_dtype,
     unnumbered_axis,
 )
@@ -199,19 +202,6 @@ def row_runs(rows: Sequence[int]) -> list[slice]:
     return runs
 
 
-def row_slabs(rest: Sequence[int], itemsize: int) -> list[slice]:
-    """Runs of the first axis of one copy of a seed (shape ``rest``) up to ``SLAB_BYTES``.
-
-    Examples
-    --------
-    >>> row_slabs((5, 1 << 18), itemsize=4)
-    [slice(0, 1, None), slice(1, 2, None), slice(2, 3, None), slice(3, 4, None), slice(4, 5, None)]
-    """
-    row_bytes = math.prod(rest[1:]) * itemsize
-    step = max(1, SLAB_BYTES // max(row_bytes, 1))
-    return [slice(start, min(start + step, rest[0])) for start in range(0, rest[0], step)]
-
-
 # ---------------------------------------------------------------------------- streaming
 
 
@@ -219,23 +209,6 @@ def read_rows(variable: Any, rows: Sequence[int]) -> np.ndarray:
     """The given rows (seeds) of a ``(torch_seed, ...)`` variable, in that order."""
     parts = [read_slab(variable, (run,)) for run in row_runs(rows)]
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def first_difference(mismatch: np.ndarray) -> tuple[int, ...] | None:
-    """The C-order index of the first True, without argwhere's index of every one."""
-    if not mismatch.any():
-        return None
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mismatch)), mismatch.shape))
-
-
-def note_block(findings: VariableFindings, seeds: Sequence[int], block: np.ndarray) -> None:
-    """Record a ``(seeds, copies, ...)`` block: each copy against each seed's first."""
-    equal, diff = compare_block(block)
-    for position, seed in enumerate(seeds):
-        found = first_difference(~equal[position])
-        copy, index = (-1, ()) if found is None else (found[0], found[1:])
-        worst = float(diff[position].max()) if diff[position].size else 0.0
-        findings.record(seed, copy, index, worst)
 
 
 def stream_block(
@@ -271,14 +244,10 @@ def stream_large_seed(
         return read_slab(copy.nc.variables[name], (slice(seed_row, seed_row + 1), trial, rows))
 
     for number, (copy, trial) in enumerate(labelled):
-        for rows in row_slabs(rest, itemsize):
+        for rows in row_slabs(rest, itemsize, SLAB_BYTES):
             reference = slab(*labelled[0], rows)
             part = reference if number == 0 else slab(copy, trial, rows)
-            equal, diff = compare_block(np.stack([reference, part], axis=1))
-            found = first_difference(~equal[0, 1])
-            index = () if found is None else (found[0] + rows.start, *found[1:])
-            worst = float(diff.max()) if diff.size else 0.0
-            findings.record(seed, -1 if found is None else number, index, worst)
+            note_part(findings, seed, number, reference, part, rows.start)
             if number < len(copies[0].trial_ids):
                 digest.update(np.ascontiguousarray(part).tobytes())
                 out.variables[name][out_row, number, rows] = stored_form(part[0])[0]
@@ -366,13 +335,10 @@ def create_collected(
         out.createDimension(dim, len(nc.dimensions[dim]))
     for name in data_variables(nc):
         variable = nc.variables[name]
-        # An empty array of the task's dtype gives the stored dtype and attrs.
-        stored, stored_attrs = stored_form(np.zeros(0, stored_dtype(variable)))
-        # NaN marks missing floats, as xarray writes them.
-        fill = {"fill_value": np.nan} if stored.dtype.kind == "f" else {}
-        created = out.createVariable(name, stored.dtype, variable.dimensions, **fill)
-        # Without this attr xarray would read the sources as variables, not coordinates.
-        created.setncatts({**stored_attrs, "coordinates": " ".join(SOURCE_COORDINATES)})
+        # Without the coordinates attr xarray would read the sources as variables.
+        create_like(
+            out, name, variable, variable.dimensions, coordinates=" ".join(SOURCE_COORDINATES)
+        )
     out.createVariable("torch_seed", np.int64, ("torch_seed",))[:] = np.array(list(sources))
     out.createVariable("trial_id", str, ("trial_id",))[:] = np.array(first.trial_ids, object)
     indexed = [dim for dim in extra if dim in nc.variables]
@@ -384,22 +350,6 @@ def create_collected(
     return indexed
 
 
-def digest_axes(digest, name: str, sources, trial_ids: Sequence[str], size: int) -> None:
-    """What ``content_digest`` hashes of an axis' coordinate: the seeds, the trial labels,
-    or 0..size-1."""
-    if name == "trial_id":
-        payload = "\0".join(trial_ids).encode()
-        digest.update(digest_header(name, [name], "str", [len(trial_ids)], len(payload)))
-        digest.update(payload)
-        return
-    digest.update(digest_header(name, [name], "<i8", [size], size * 8))
-    if name == "torch_seed":
-        digest.update(np.array(list(sources), dtype=np.int64).tobytes())
-        return
-    for start in range(0, size, COORDINATE_SLAB):
-        digest.update(np.arange(start, min(start + COORDINATE_SLAB, size)).tobytes())
-
-
 def stream_all(out: Any, first: Opened, sources, opened, indexed) -> tuple[str, dict]:
     """Every variable in the digest's (sorted) order; returns the digest and each data
     variable's findings."""
@@ -409,7 +359,7 @@ def stream_all(out: Any, first: Opened, sources, opened, indexed) -> tuple[str, 
     findings = {}
     for name in sorted([*names, "torch_seed", "trial_id", *indexed]):
         if name not in names:
-            digest_axes(digest, name, sources, first.trial_ids, sizes[name])
+            digest_axis(digest, name, list(sources), first.trial_ids, sizes[name])
             continue
         variable = first.nc.variables[name]
         dims = list(variable.dimensions)

@@ -147,11 +147,24 @@ def seed_slabs(shape: Sequence[int], itemsize: int, limit: int | None = None):
         for start in range(0, n_seeds, step):
             yield (slice(start, min(start + step, n_seeds)),), True
         return
+    rows = row_slabs(rest, itemsize, limit)
+    for seed in range(n_seeds):
+        for run in rows:
+            yield (slice(seed, seed + 1), run), False
+
+
+def row_slabs(rest: Sequence[int], itemsize: int, limit: int) -> list[slice]:
+    """Runs of the first axis of one seed's values (shape ``rest``) up to ``limit`` bytes
+    (one row at least).
+
+    Examples
+    --------
+    >>> row_slabs((5, 2), itemsize=4, limit=16)
+    [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
     row_bytes = math.prod(rest[1:]) * itemsize
     step = max(1, limit // max(row_bytes, 1))
-    for seed in range(n_seeds):
-        for start in range(0, rest[0], step):
-            yield (slice(seed, seed + 1), slice(start, min(start + step, rest[0]))), False
+    return [slice(start, min(start + step, rest[0])) for start in range(0, rest[0], step)]
 
 
 # ---------------------------------------------------------------------------- the stacking
@@ -191,39 +204,47 @@ def compare_block(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return equal, abs_diff(values, values[:, :1], equal)
 
 
-def note_seeds(findings: VariableFindings, seeds: Sequence[int], block: np.ndarray) -> None:
-    """Record a ``(seeds, trials, ...)`` block of whole seeds."""
+def first_difference(mismatch: np.ndarray) -> tuple[int, ...] | None:
+    """The C-order index of the first True, without argwhere's index of every one."""
+    if not mismatch.any():
+        return None
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mismatch)), mismatch.shape))
+
+
+def note_block(findings: VariableFindings, seeds: Sequence[int], block: np.ndarray) -> None:
+    """Record a ``(seeds, copies, ...)`` block of whole seeds: each copy against each seed's
+    first."""
     equal, diff = compare_block(block)
     for position, seed in enumerate(seeds):
-        differing = np.argwhere(~equal[position])
-        trial, index = -1, ()
-        if len(differing):
-            trial, *rest = (int(i) for i in differing[0])
-            index = tuple(rest)
+        found = first_difference(~equal[position])
+        copy, index = (-1, ()) if found is None else (found[0], found[1:])
         worst = float(diff[position].max()) if diff[position].size else 0.0
-        findings.record(seed, trial, index, worst)
+        findings.record(seed, copy, index, worst)
+
+
+def note_part(
+    findings: VariableFindings, seed: int, copy: int, reference, part, row_offset: int
+) -> None:
+    """Record rows ``row_offset...`` of one copy of one large seed (``(1, rows, ...)``)
+    against the same rows of its first copy."""
+    equal, diff = compare_block(np.stack([reference, part], axis=1))
+    found = first_difference(~equal[0, 1])
+    index = () if found is None else (found[0] + row_offset, *found[1:])
+    findings.record(
+        seed, -1 if found is None else copy, index, float(diff.max()) if diff.size else 0.0
+    )
+
+
+def note_seeds(findings: VariableFindings, seeds: Sequence[int], block: np.ndarray) -> None:
+    """``note_block``, plus each seed's first-trial value or sum and the variable's total,
+    for the metrics."""
+    note_block(findings, seeds, block)
+    for position, seed in enumerate(seeds):
         first = block[position, 0]
         findings.first_trial[seed] = (
             first.reshape(()) if first.size == 1 else float(first.astype(np.float64).sum())
         )
     findings.total += float(block.astype(np.float64).sum())
-
-
-def note_part(
-    findings: VariableFindings, seed: int, trial: int, reference, part, row_offset: int
-) -> None:
-    """Record rows ``row_offset...`` of one trial of one large seed, against the first trial."""
-    equal, diff = compare_block(np.stack([reference[0], part[0]])[np.newaxis])
-    differing = np.argwhere(~equal[0, 1])
-    index = ()
-    if len(differing):
-        row, *rest = (int(i) for i in differing[0])
-        index = (row + row_offset, *rest)
-    findings.record(seed, trial if len(differing) else -1, index, float(diff.max()))
-    part_sum = float(part.astype(np.float64).sum())
-    findings.total += part_sum
-    if trial == 0:
-        findings.first_trial[seed] = findings.first_trial.get(seed, 0.0) + part_sum
 
 
 def stream_variable(
@@ -258,6 +279,10 @@ def stream_large_seed(name, trials, seed, parts, findings, target, digest) -> No
             reference = read_slab(first, slab)
             part = reference if position == 0 else read_slab(trial.variables[name], slab)
             note_part(findings, seed, position, reference, part, slab[1].start)
+            part_sum = float(part.astype(np.float64).sum())
+            findings.total += part_sum
+            if position == 0:
+                findings.first_trial[seed] = findings.first_trial.get(seed, 0.0) + part_sum
             digest.update(np.ascontiguousarray(part).tobytes())
             target[slab[0], position, slab[1]] = stored_form(part[0])[0]
 
@@ -266,6 +291,24 @@ def digest_header(name: str, dims: Sequence[str], dtype: str, shape: Sequence[in
     """What ``content_digest`` hashes before a variable's values."""
     header = {"name": name, "dims": list(dims), "dtype": dtype, "shape": list(shape)}
     return json.dumps(header, sort_keys=True).encode() + size.to_bytes(8, "little")
+
+
+def digest_axis(
+    digest: Any, name: str, seeds: Sequence[int], trial_ids: Sequence[str], size: int
+) -> None:
+    """What ``content_digest`` hashes of an axis' coordinate: the seeds, the trial labels,
+    or 0..size-1."""
+    if name == "trial_id":
+        payload = "\0".join(trial_ids).encode()
+        digest.update(digest_header(name, [name], "str", [len(trial_ids)], len(payload)))
+        digest.update(payload)
+        return
+    digest.update(digest_header(name, [name], "<i8", [size], size * 8))
+    if name == "torch_seed":
+        digest.update(np.asarray(seeds, dtype=np.int64).tobytes())
+        return
+    for start in range(0, size, COORDINATE_SLAB):
+        digest.update(np.arange(start, min(start + COORDINATE_SLAB, size)).tobytes())
 
 
 def create_result(out: Any, first: Any, trial_ids: Sequence[str], attrs: Mapping) -> list[str]:
@@ -286,15 +329,19 @@ def create_result(out: Any, first: Any, trial_ids: Sequence[str], attrs: Mapping
         write_index_coordinate(out, dim, size)
     for name in data_variables(first):
         variable = first.variables[name]
-        # An empty array of the task's dtype gives the stored dtype and attrs.
-        stored, stored_attrs = stored_form(np.zeros(0, stored_dtype(variable)))
-        # NaN marks missing floats, as xarray writes them.
-        fill = {"fill_value": np.nan} if stored.dtype.kind == "f" else {}
         dims = ("torch_seed", "trial_id", *variable.dimensions[1:])
-        created = out.createVariable(name, stored.dtype, dims, **fill)
-        created.setncatts(stored_attrs)
+        create_like(out, name, variable, dims)
     out.setncatts(dict(attrs))
     return extra
+
+
+def create_like(out: Any, name: str, source: Any, dims: Sequence[str], **attrs: str) -> None:
+    """An empty variable to hold ``source``'s values (stored as ``stored_form`` stores them),
+    with NaN as the fill of floats, as xarray writes them."""
+    stored, stored_attrs = stored_form(np.zeros(0, stored_dtype(source)))
+    fill = {"fill_value": np.nan} if stored.dtype.kind == "f" else {}
+    created = out.createVariable(name, stored.dtype, tuple(dims), **fill)
+    created.setncatts({**stored_attrs, **attrs})
 
 
 def unnumbered_axis(nc: Any, dims: Sequence[str]) -> tuple[str, int] | None:
@@ -345,13 +392,9 @@ def stream_all(out, trials, trial_ids, seeds, names, extra) -> Stacked:
     """Every variable in the digest's (sorted) order; the verdict in the file's order."""
     digest = hashlib.sha256()
     findings: dict[str, tuple[int, VariableFindings]] = {}
-    coordinates = {
-        "torch_seed": np.asarray(seeds, dtype=np.int64),
-        "trial_id": "\0".join(trial_ids).encode(),
-    }
     sizes = {"torch_seed": len(seeds), "trial_id": len(trial_ids)}
     sizes.update({dim: len(trials[0].dimensions[dim]) for dim in extra})
-    for name in sorted([*names, *coordinates, *extra]):
+    for name in sorted([*names, "torch_seed", "trial_id", *extra]):
         if name in names:
             variable = trials[0].variables[name]
             dims = ["torch_seed", "trial_id", *variable.dimensions[1:]]
@@ -363,18 +406,8 @@ def stream_all(out, trials, trial_ids, seeds, names, extra) -> Stacked:
                 math.prod(shape[2:]),
                 stream_variable(name, trials, seeds, out, digest),
             )
-        elif name == "trial_id":
-            payload = coordinates[name]
-            digest.update(digest_header(name, [name], "str", [len(trial_ids)], len(payload)))
-            digest.update(payload)
         else:
-            size = sizes[name]
-            digest.update(digest_header(name, [name], "<i8", [size], size * 8))
-            if name == "torch_seed":
-                digest.update(coordinates[name].tobytes())
-                continue
-            for start in range(0, size, COORDINATE_SLAB):
-                digest.update(np.arange(start, min(start + COORDINATE_SLAB, size)).tobytes())
+            digest_axis(digest, name, seeds, trial_ids, sizes[name])
     return summarize(findings, names, trial_ids, seeds, sizes, f"sha256:{digest.hexdigest()}")
 
 
