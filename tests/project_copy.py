@@ -25,12 +25,14 @@ PROJECT_FILES = (
     ".dvc/plots",
     "src",
     "tasks",
+    "inputs",
     # What git versions of the last run, as a fresh clone has it: the lock, the metrics and
     # plots that the cross-machine check and `dvc metrics diff` compare with.
     "dvc.lock",
     "metrics.json",
     "pinpoint.json",
     "data/.gitignore",
+    "data/environment.json",
     "data/trials/.gitignore",
     "data/plots",
 )
@@ -88,8 +90,10 @@ def stage_commands(folder: Path) -> dict[str, str]:
         f"task@{t}": f"python -m detflow.trial --out 'data/trials/{t}.nc'"
         for t in values["trial_id"]
     }
+    commands["environment"] = "python -m detflow.environment"
     commands["aggregate"] = "python -m detflow.aggregate"
     commands["pinpoint"] = "python -m detflow.pinpoint_stage"
+    commands["report"] = "python -m detflow.show --brief"
     assert set(commands) == set(listing), (commands, listing)
     return commands
 

@@ -14,17 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from detflow import result_record
 from detflow.artifact import write_text
 from detflow.cli import DetflowError, run_main, stage_parser
-from detflow.committed import compare_with_head, config_digest
 from detflow.determinism import Verdict
-from detflow.params import DEFAULT_PARAMS, Params, load_params
+from detflow.params import DEFAULT_PARAMS, config_digest, load_params
 from detflow.report import (
     disagreement_records,
     format_seeds,
     json_number,
     verdict_lines,
     verdict_record,
+    write_json,
 )
 from detflow.trial_stack import Stacked, data_variables, open_trial, read_slab, stack_trials
 
@@ -42,19 +43,11 @@ PINPOINT_HINT = (
 )
 
 
-# Not attrs of the result: the swept dims, and how the seeds were run (which never changes
-# the numbers, and is not a dependency of this stage).
-NOT_ATTRS = ("torch_seed", "trial_id", "launcher")
-
-
-def fixed_params_attrs(params: Params, bound: str | None = None) -> dict[str, str | int | float]:
-    """Params that are not swept become attrs, as in mushin's ``to_xarray``: only those that
-    made the numbers, where the trials say which they bound (``bound``, comma-separated)."""
-    made_the_numbers = set(bound.split(",")) if bound else set(params.values)
+def fixed_params_attrs(made_the_numbers: str | None) -> dict[str, str | int | float]:
+    """The params that made the numbers become attrs, as in mushin's ``to_xarray``: those the
+    trials recorded they bound (``params``, JSON), never params.yaml as it is now."""
     attrs: dict[str, str | int | float] = {}
-    for key, value in params.values.items():
-        if key in NOT_ATTRS or key not in made_the_numbers:
-            continue
+    for key, value in json.loads(made_the_numbers or "{}").items():
         scalar = isinstance(value, str | int | float) and not isinstance(value, bool)
         attrs[key] = value if scalar else json.dumps(value, sort_keys=True)
     return attrs
@@ -89,6 +82,11 @@ def combine_trials(trials: dict[str, xr.Dataset], attrs: dict[str, Any]) -> xr.D
     return combined
 
 
+def compared(stacked: Stacked) -> bool:
+    """One trial per seed compares nothing: no verdict either way."""
+    return stacked.sizes["trial_id"] >= 2
+
+
 def build_metrics(stacked: Stacked, provenance: dict[str, Any], config: str) -> dict[str, Any]:
     """metrics.json: the verdict first, then the evidence behind it and where it came from."""
     verdict = stacked.verdict
@@ -101,9 +99,14 @@ def build_metrics(stacked: Stacked, provenance: dict[str, Any], config: str) -> 
         for seed in verdict.torch_seeds
     }
     max_abs_diff = max(verdict.max_abs_diff_by_seed.values())
+    record = verdict_record(verdict)
+    if not compared(stacked):
+        record["deterministic"] = None
+        for seed in seeds.values():
+            seed["deterministic"] = None
     return {
-        **verdict_record(verdict),
-        "max_abs_diff": max_abs_diff if np.isfinite(max_abs_diff) else "inf",
+        **record,
+        "max_abs_diff": max_abs_diff,
         "n_torch_seeds": stacked.sizes["torch_seed"],
         "n_trials": stacked.sizes["trial_id"],
         "digest": stacked.digest,
@@ -160,9 +163,15 @@ def write_plots(result_path: Path, verdict: Verdict, plots_dir: Path) -> None:
             write_text(plots_dir / f"{name}.csv", plot_rows(result, name, seeds))
 
 
-def summary(stacked: Stacked) -> str:
+def summary(stacked: Stacked, trial_ids: Sequence[str]) -> str:
     """What a user should read in the log of `dvc repro`."""
     verdict = stacked.verdict
+    if not compared(stacked):
+        return (
+            f"not compared: one trial ({', '.join(trial_ids)}) ran each seed, so nothing was "
+            f"compared and determinism is unknown: list two or more trial ids "
+            f"(e.g. trial_id: [a, b]) to test it"
+        )
     agreeing = (
         f"all {stacked.sizes['trial_id']} trials agree bitwise for torch_seed "
         f"{format_seeds(verdict.torch_seeds)}"
@@ -171,6 +180,35 @@ def summary(stacked: Stacked) -> str:
     if not verdict.deterministic:
         lines.append(PINPOINT_HINT)
     return "\n".join(lines)
+
+
+def result_attrs(stacked: Stacked, trial_ids: Sequence[str]) -> dict[str, Any]:
+    """What the result says of itself: its digest and verdict (see detflow.result_record)."""
+    verdict = stacked.verdict
+    return {
+        result_record.DIGEST: stacked.digest,
+        result_record.DETERMINISTIC: result_record.deterministic_text(
+            verdict.deterministic if compared(stacked) else None
+        ),
+        result_record.DISAGREEING: ",".join(map(str, verdict.disagreeing_seeds)),
+        result_record.VERDICT: summary(stacked, trial_ids),
+        result_record.N_TRIALS: stacked.sizes["trial_id"],
+    }
+
+
+def check_strict(stacked: Stacked, metrics_path: Path) -> None:
+    verdict = stacked.verdict
+    if not compared(stacked):
+        raise DetflowError(
+            "strict: one trial ran each seed, so nothing was compared: list two or more "
+            "trial ids (e.g. trial_id: [a, b]), or set strict: false"
+        )
+    if not verdict.deterministic:
+        seeds = ",".join(map(str, verdict.disagreeing_seeds))
+        raise DetflowError(
+            f"strict: trials disagree for torch_seed {seeds} (details in {metrics_path}); "
+            f"make the task deterministic, or set strict: false to record without failing"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,20 +223,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(args.params)
     paths = {trial_id: args.trials / f"{trial_id}.nc" for trial_id in params.trial_ids}
     provenance = trial_provenance(paths[params.trial_ids[0]])
-    bound = provenance.pop("bound_params", None)
-    stacked = stack_trials(paths, params.torch_seeds, args.out, fixed_params_attrs(params, bound))
-    verdict = stacked.verdict
-    write_plots(args.out, verdict, args.plots)
-    metrics = build_metrics(stacked, provenance, config_digest(params))
-    write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")
-    print(summary(stacked))
-    print(compare_with_head(metrics, args.metrics))
-    if params.strict and not verdict.deterministic:
-        seeds = ",".join(map(str, verdict.disagreeing_seeds))
-        raise DetflowError(
-            f"strict: trials disagree for torch_seed {seeds} (details in {args.metrics}); "
-            f"make the task deterministic, or set strict: false to record without failing"
+    records = {key: provenance.pop(key, None) for key in result_record.TRIAL_RECORDS}
+    # The params that made the trials' numbers, as they recorded them.
+    config = provenance.pop("config_digest", None) or "unknown: trials made by an older detflow"
+    stacked = stack_trials(
+        paths,
+        params.torch_seeds,
+        args.out,
+        fixed_params_attrs(records["params"]),
+        result_attrs=lambda done: result_attrs(done, params.trial_ids),
+    )
+    write_plots(args.out, stacked.verdict, args.plots)
+    metrics = build_metrics(stacked, provenance, config)
+    write_json(args.metrics, metrics)
+    print(f"wrote {args.out} and {args.metrics}: digest {stacked.digest}")
+    if config != config_digest(params):
+        print(
+            f"note: the trials ran other params than {args.params} holds now; the result "
+            f"records what they ran (`dvc repro` reruns them with these)"
         )
+    if params.strict:
+        if not compared(stacked) or not stacked.verdict.deterministic:
+            print(summary(stacked, params.trial_ids))  # the report stage will not run
+        check_strict(stacked, args.metrics)
     return 0
 
 

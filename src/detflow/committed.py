@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from detflow.params import RUN_ONLY_PARAMS, Params
+from detflow.params import config_digest  # noqa: F401  (re-exported: pinpoint and tests)
 
 # Shown first when they differ: what changes the bits of the same code on a CPU or GPU.
 BIT_CHANGING = (
@@ -47,19 +47,6 @@ def committed_text(path: Path) -> str | None:
     except OSError:  # no git on this machine
         return None
     return shown.stdout if shown.returncode == 0 else None
-
-
-def config_digest(params: Params) -> str:
-    """sha256 of every param that shapes the numbers, seeds expanded (``0..1`` is ``[0, 1]``).
-
-    Stored in metrics.json, so that a result is compared only with one made from the same
-    params, whatever params.yaml says by the time the comparison runs.
-    """
-    values = {key: value for key, value in params.values.items() if key not in RUN_ONLY_PARAMS}
-    values["torch_seed"] = list(params.torch_seeds)
-    values["trial_id"] = list(params.trial_ids)
-    text = json.dumps(values, sort_keys=True, default=str)
-    return f"sha256:{hashlib.sha256(text.encode()).hexdigest()}"
 
 
 def leaf_numbers(tree: Any, prefix: str = "") -> dict[str, float]:
@@ -101,8 +88,27 @@ def provenance_changes(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> li
     return [f"{key} {ours.get(key, 'absent')} vs {theirs.get(key, 'absent')}" for key in keys]
 
 
-def compare(metrics: Mapping[str, Any], committed: Mapping[str, Any]) -> str:
+def mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def malformed(committed: Any) -> str | None:
+    """What is wrong with a committed metrics.json that cannot be compared, or None."""
+    if not isinstance(committed, Mapping):
+        return f"is {type(committed).__name__}, not an object"
+    for key in ("provenance", "seeds", "mean"):
+        if key in committed and not isinstance(committed[key], Mapping):
+            return f"has a '{key}' that is {type(committed[key]).__name__}, not an object"
+    return None
+
+
+def compare(
+    metrics: Mapping[str, Any], committed: Mapping[str, Any], changed_code: Sequence[str] = ()
+) -> str:
     """One line: did ``metrics`` reproduce ``committed`` bit for bit; if not, why and how much.
+
+    ``metrics`` describes a result made in this environment (the caller checks that);
+    ``changed_code`` names the files its code_digest covers that differ from the commit.
 
     Examples
     --------
@@ -110,6 +116,12 @@ def compare(metrics: Mapping[str, Any], committed: Mapping[str, Any]) -> str:
     >>> compare(metrics, metrics)
     'cross-machine: this machine reproduced the committed result bit for bit (digest d)'
     """
+    problem = malformed(committed)
+    if problem:
+        return (
+            f"cross-machine: not compared: the committed metrics.json {problem}; commit one "
+            f"that `dvc repro` wrote"
+        )
     if "config_digest" not in committed:
         return "cross-machine: not compared: the committed metrics.json records no config_digest"
     if metrics.get("config_digest") != committed.get("config_digest"):
@@ -117,7 +129,16 @@ def compare(metrics: Mapping[str, Any], committed: Mapping[str, Any]) -> str:
             "cross-machine: not compared: the committed result was made from other params "
             "(`dvc params diff` names them)"
         )
-    provenance = provenance_changes(metrics.get("provenance", {}), committed.get("provenance", {}))
+    ours, theirs = mapping(metrics.get("provenance")), mapping(committed.get("provenance"))
+    if ours.get("code_digest") != theirs.get("code_digest") and "code_digest" in theirs:
+        files = f" ({', '.join(changed_code)} differ from the commit)" if changed_code else ""
+        return (
+            f"cross-machine: not compared: other code: this result ran other code than the "
+            f"committed one{files}; commit the code and its result, or restore the committed "
+            f"code and `dvc repro`, to compare"
+        )
+    provenance = provenance_changes(ours, theirs)
+    provenance = [line for line in provenance if not line.startswith("code_digest ")]
     if metrics.get("digest") == committed.get("digest"):
         also = f"; provenance differs in {'; '.join(provenance)}" if provenance else ""
         return (
@@ -131,13 +152,59 @@ def compare(metrics: Mapping[str, Any], committed: Mapping[str, Any]) -> str:
     )
 
 
-def compare_with_head(metrics: Mapping[str, Any], path: Path) -> str:
-    """Compare ``metrics`` with the metrics file at ``path`` in git's HEAD."""
+def committed_metrics(path: Path) -> tuple[Mapping[str, Any] | None, str | None]:
+    """HEAD's metrics file at ``path``, or None and the line that says why not."""
     text = committed_text(path)
     if text is None:
-        return f"cross-machine: no committed {path} to compare with (commit one to compare)"
+        return None, f"cross-machine: no committed {path} to compare with (commit one to compare)"
     try:
-        committed = json.loads(text)
+        return json.loads(text), None
     except ValueError:
-        return f"cross-machine: the committed {path} is not JSON; not compared"
-    return compare(metrics, committed)
+        return None, f"cross-machine: the committed {path} is not JSON; not compared"
+
+
+def compare_with_head(
+    metrics: Mapping[str, Any], path: Path, code_files: Mapping[str, str] | None = None
+) -> str:
+    """Compare ``metrics`` with the metrics file at ``path`` in git's HEAD; ``code_files`` (the
+    result's) name the files that differ from the commit when the code does."""
+    committed, why_not = committed_metrics(path)
+    if committed is None:
+        return why_not or ""
+    changed: list[str] = []
+    ours, theirs = mapping(metrics.get("provenance")), mapping(mapping(committed).get("provenance"))
+    if code_files and ours.get("code_digest") != theirs.get("code_digest"):
+        changed = changed_since_commit(code_files, path.parent)
+    return compare(metrics, committed, changed)
+
+
+def changed_since_commit(code_files: Mapping[str, str], where: Path) -> list[str]:
+    """The files of ``code_files`` (name -> sha256) whose content differs from git's HEAD
+    (detflow's engine, named ``detflow/<module>.py``, where it lies in this repository)."""
+    import detflow
+
+    top = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"],
+        cwd=where if where.is_dir() else None,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if top.returncode != 0:
+        return []
+    root = Path(top.stdout.strip()).resolve()
+    package = Path(detflow.__file__).resolve().parent
+    changed = []
+    for name, digest in sorted(code_files.items()):
+        path = package / name.removeprefix("detflow/") if name.startswith("detflow/") else root / name
+        if not path.is_relative_to(root):
+            continue  # detflow installed outside this repository: its version says enough
+        relative = path.relative_to(root).as_posix()
+        shown = subprocess.run(
+            ["git", "show", f"HEAD:{relative}"], cwd=root, capture_output=True, check=False
+        )
+        if shown.returncode != 0:
+            changed.append(f"{relative} (not in the commit)")
+        elif f"sha256:{hashlib.sha256(shown.stdout).hexdigest()}" != digest:
+            changed.append(relative)
+    return changed

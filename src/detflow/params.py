@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -293,3 +295,16 @@ def check_launcher(value: Any) -> Launcher | None:
             f"submitit_local or submitit_slurm"
         )
     return Launcher(name, options)
+
+
+def config_digest(params: Params) -> str:
+    """sha256 of every param that shapes the numbers, seeds expanded (``0..1`` is ``[0, 1]``).
+
+    Stored in metrics.json, so that a result is compared only with one made from the same
+    params, whatever params.yaml says by the time the comparison runs.
+    """
+    values = {key: value for key, value in params.values.items() if key not in RUN_ONLY_PARAMS}
+    values["torch_seed"] = list(params.torch_seeds)
+    values["trial_id"] = list(params.trial_ids)
+    text = json.dumps(values, sort_keys=True, default=str)
+    return f"sha256:{hashlib.sha256(text.encode()).hexdigest()}"

@@ -3,7 +3,10 @@ user reads in the log, the JSON evidence, and the number formats DVC can show.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,3 +81,35 @@ def json_number(value: np.generic) -> float | int | bool | str:
     if not np.isfinite(value):
         return str(float(value))  # JSON has no NaN or Infinity
     return float(str(value))  # str() of a float32 is its shortest round-trip form
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float as text (``"nan"``, ``"inf"``, ``"-inf"``) and numpy
+    scalars as Python numbers, so that any JSON reader (jq, ``JSON.parse``) reads the report.
+
+    Examples
+    --------
+    >>> strict_json({"a": float("inf"), "b": [np.float32(0.5), float("nan")]})
+    {'a': 'inf', 'b': [0.5, 'nan']}
+    """
+    if isinstance(value, Mapping):
+        return {str(key): strict_json(child) for key, child in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(child) for child in value]
+    if isinstance(value, np.generic):
+        return json_number(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def json_text(value: Any) -> str:
+    """The one JSON writer of every report: strict JSON (no NaN or Infinity), indented."""
+    return json.dumps(strict_json(value), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write a report atomically through ``json_text``."""
+    from detflow.artifact import write_text
+
+    write_text(path, json_text(value))

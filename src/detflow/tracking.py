@@ -28,16 +28,20 @@ ENGINE_MODULES = (
     "cli",
     "configs",
     "cpu",
+    "environment",
     "executor",
+    "inputs",
     "options",
     "outputs",
     "params",
     "run",
     "seeding",
+    "stage_guard",
     "tasks",
     "tracking",
     "trial",
     "trial_file",
+    "watch",
 )
 
 
@@ -111,10 +115,13 @@ def check_tracked(
             )
 
 
-def code_digest(root: Path, code: Mapping[str, Any]) -> str:
-    """sha256 of the source files that make a trial's numbers: detflow's engine and every
-    project-local module of ``code``, so that two results are known to come from the same code
-    (a library's version is in the provenance instead)."""
+def code_files(
+    root: Path, code: Mapping[str, Any], ran: Mapping[str, Path] | None = None
+) -> dict[str, str]:
+    """sha256 of each source file that makes a trial's numbers, by name: detflow's engine
+    (``detflow/<module>.py``), every project-local module of ``code`` and the project modules
+    the task ``ran`` (helpers included), so that two results are known to come from the same
+    code and, when not, which files differ (a library's version is in the provenance)."""
     import detflow
 
     package = Path(detflow.__file__).resolve().parent
@@ -125,8 +132,17 @@ def code_digest(root: Path, code: Mapping[str, Any]) -> str:
         path = module_file(obj)
         if path is not None and project_local(path, root) and path.parent != package:
             files[str(path.relative_to(root))] = path
+    files.update(ran or {})
+    return {
+        name: f"sha256:{hashlib.sha256(files[name].read_bytes()).hexdigest()}"
+        for name in sorted(files)
+    }
+
+
+def code_digest(files: Mapping[str, str]) -> str:
+    """One digest of ``code_files``: equal exactly when every file and its name are."""
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(f"{name}\0".encode())
-        digest.update(hashlib.sha256(files[name].read_bytes()).digest())
+        digest.update(bytes.fromhex(files[name].removeprefix("sha256:")))
     return f"sha256:{digest.hexdigest()}"

@@ -6,36 +6,39 @@ that compute the same numbers produce byte-identical files and DVC's md5s agree.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from detflow.cli import DetflowError, run_main, stage_parser
 from detflow.params import DEFAULT_PARAMS, Params, params_from_bytes, read_params_bytes
-from detflow.run import stage_inputs
-from detflow.tracking import check_tracked, code_digest, stage_entry
 
 
 def write_trial(
     params: Params,
     out: Path,
-    attrs: Mapping[str, str] | None = None,
+    attrs: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
     before_replacing: Callable[[], None] | None = None,
+    around_seeds: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> None:
     """Run every seed of one trial, in this process or as jobs of ``params.launcher``, and
     write them to ``out`` as they come: ``(torch_seed, <name>_dim<n>...)`` per result.
 
-    ``attrs`` (what produced the numbers) join the provenance of the run in the file's attrs.
-    ``before_replacing`` runs once the file is complete, before it replaces ``out``: if it
-    raises, the file already at ``out`` stays.
+    ``attrs`` (what produced the numbers, or a function that says so once the seeds ran) join
+    the provenance of the run in the file's attrs. ``around_seeds`` wraps the seeds' run (the
+    stage watches what the task touches). ``before_replacing`` runs once the file is complete,
+    before it replaces ``out``: if it raises, the file already at ``out`` stays.
     """
     from detflow.executor import run_seeds
     from detflow.trial_file import trial_file
 
     with trial_file(out, params.task, params.torch_seeds) as writer:
-        # Launcher jobs write beside the output, where cluster jobs can see it too.
-        provenance = run_seeds(params, out.parent, writer.add, label=f"{out.stem} seeds")
-        writer.finish({**provenance, **(attrs or {})})
+        with around_seeds():
+            # Launcher jobs write beside the output, where cluster jobs can see it too.
+            provenance = run_seeds(params, out.parent, writer.add, label=f"{out.stem} seeds")
+        extra = attrs() if callable(attrs) else attrs
+        writer.finish({**provenance, **(extra or {})})
         if before_replacing is not None:
             before_replacing()
 
@@ -67,24 +70,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="netCDF file to write")
     args = parser.parse_args(argv)
 
+    from detflow.stage_guard import StageGuard
+
     # Paths as dvc.yaml gives them, relative to where the stage started, whatever the task
     # does to the working directory.
     out, params_path = args.out.absolute(), args.params.absolute()
     read = read_params_bytes(params_path)
     params = params_from_bytes(read, params_path)  # the very bytes check_unchanged compares
+    # Before portable mode pins torch's CPU path: the environment the stage was started in,
+    # as the environment stage recorded it.
+    guard = StageGuard(Path.cwd(), params, out)
     if params.portable:
         from detflow.cpu import pin_portable_cpu_path
 
         pin_portable_cpu_path()  # before anything imports torch
-    code, bound = stage_inputs(params)
-    root = Path.cwd()
-    entry = stage_entry(root / "dvc.yaml")
-    if entry is not None:
-        check_tracked(root, entry, code, bound)
-    # What produced the numbers, for the aggregate (which params to record) and for collect
-    # (which experiments ran the same code).
-    attrs = {"code_digest": code_digest(root, code), "bound_params": ",".join(sorted(bound))}
-    write_trial(params, out, attrs, before_replacing=lambda: check_unchanged(params_path, read))
+    guard.check_before()
+
+    def checked_attrs() -> dict[str, str]:
+        check_unchanged(params_path, read)
+        return guard.check_after()
+
+    write_trial(params, out, checked_attrs, around_seeds=guard.watching)
     print(f"wrote {args.out}: torch_seed {len(params.torch_seeds)}")
     return 0
 

@@ -1,0 +1,95 @@
+"""The trial stage's guard: every input that shapes its numbers is tracked, or it refuses.
+
+Before the seeds: the environment is the one the environment stage recorded, the code that
+params name and the paths that params name are deps. While they run: what the task touches
+is watched. After: every module, file and environment variable it touched is covered, and no
+dep changed meanwhile. Then the attrs that say what made the numbers, for the aggregate
+(which params, which config) and for collect and the cross-machine check (which code, which
+environment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from detflow import inputs
+from detflow.environment import DEFAULT_OUT, check_recorded, declared_env_vars, fingerprint
+from detflow.params import Params, config_digest
+from detflow.tracking import check_tracked, code_digest, code_files, stage_entry
+from detflow.watch import Observed, watching
+
+# Params that are axes of the result or say only how seeds ran: never attrs of a result.
+NOT_ATTRS = ("torch_seed", "trial_id", "launcher")
+
+
+class StageGuard:
+    def __init__(self, root: Path, params: Params, out: Path) -> None:
+        import detflow
+
+        self.root, self.params, self.out = root.resolve(), params, out
+        self.engine = Path(detflow.__file__).resolve().parent
+        self.modules_before = set(sys.modules)
+        self.declared = declared_env_vars(params.values)
+        self.environment = fingerprint(self.declared)
+        # Outside a DVC project (a stage run by hand, a test) there are no deps to check.
+        self.entry = stage_entry(self.root / "dvc.yaml")
+        self.deps = inputs.stage_deps(self.root, self.entry) if self.entry else []
+        recorded = self.root / DEFAULT_OUT
+        if self.entry is not None and any(dep == recorded.resolve() for dep in self.deps):
+            check_recorded(recorded, self.environment)
+        self.code: dict = {}
+        self.bound: set[str] = set()
+        self.state: dict[str, tuple[int, int]] = {}
+        self.observed = Observed()
+        self.started = time.time()
+
+    def check_before(self) -> None:
+        from detflow.run import stage_inputs
+
+        self.code, self.bound = stage_inputs(self.params)
+        if self.entry is not None:
+            check_tracked(self.root, self.entry, self.code, self.bound)
+            inputs.check_path_params(self.params.values, self.root, self.deps)
+            self.state = inputs.dep_state(self.deps)
+        self.started = time.time()
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        if self.entry is None:
+            yield
+            return
+        with watching(self.root, skip=(self.engine,)) as observed:
+            yield
+        self.observed = observed
+
+    def check_after(self) -> dict[str, str]:
+        modules = inputs.module_files(self.modules_before)
+        env_read: dict[str, str] = {}
+        if self.entry is not None:
+            inputs.check_modules(modules, self.root, self.deps, self.engine)
+            inputs.check_files(
+                self.observed, modules, self.root, self.deps, self.out.parent, self.started
+            )
+            env_read = inputs.check_env(self.observed, self.declared)
+            inputs.check_deps_unchanged(self.state, self.deps, self.root)
+        files = code_files(
+            self.root, self.code, inputs.project_code(modules, self.root, self.engine)
+        )
+        values = self.params.values
+        made_the_numbers = {
+            key: values[key] for key in sorted(self.bound) if key in values and key not in NOT_ATTRS
+        }
+        return {
+            "code_digest": code_digest(files),
+            "code_files": json.dumps(files, sort_keys=True),
+            "bound_params": ",".join(sorted(self.bound)),
+            "params": json.dumps(made_the_numbers, sort_keys=True, default=str),
+            "config_digest": config_digest(self.params),
+            "environment": json.dumps(self.environment, sort_keys=True),
+            "env_read": json.dumps(env_read, sort_keys=True),
+        }
