@@ -20,8 +20,11 @@ from project_copy import environment, make_copy
 TRIALS = ("a", "b", "c")
 
 
-def sh(repo: Path, *command: str, check: bool = True) -> str:
-    done = subprocess.run(command, cwd=repo, env=environment(), capture_output=True, text=True)
+def sh(repo: Path, *command: str, check: bool = True, env: dict | None = None) -> str:
+    """Run ``command`` in ``repo``; ``env`` adds to the environment (e.g. another CPU path)."""
+    done = subprocess.run(
+        command, cwd=repo, env={**environment(), **(env or {})}, capture_output=True, text=True
+    )
     if not check:
         assert done.returncode != 0, f"{' '.join(command)} should have failed:\n{done.stdout}"
         return done.stdout + done.stderr
@@ -29,8 +32,8 @@ def sh(repo: Path, *command: str, check: bool = True) -> str:
     return done.stdout
 
 
-def dvc(repo: Path, *args: str, check: bool = True) -> str:
-    return sh(repo, sys.executable, "-m", "dvc", *args, check=check)
+def dvc(repo: Path, *args: str, check: bool = True, env: dict | None = None) -> str:
+    return sh(repo, sys.executable, "-m", "dvc", *args, check=check, env=env)
 
 
 def start_queue(repo: Path, *args: str) -> None:

@@ -11,6 +11,7 @@ from detflow.artifact import read_dataset, write_dataset
 from detflow.cli import DetflowError
 from detflow.determinism import compare_trials, content_digest
 from detflow.params import parse_params
+from detflow.result_record import VERDICT_KEYS
 
 
 def test_result_has_the_how_to_shape_and_a_true_verdict(tmp_path, workspace, run_aggregate):
@@ -50,9 +51,12 @@ def test_written_result_round_trips(tmp_path, workspace, run_aggregate, project_
     params_path = workspace()
     params = parse_params(project_params)
     trials = {t: read_dataset(tmp_path / "trials" / f"{t}.nc") for t in params.trial_ids}
-    in_memory = aggregate.combine_trials(trials, aggregate.fixed_params_attrs(params))
+    made = trials[params.trial_ids[0]].attrs["params"]  # what the trials recorded they bound
+    in_memory = aggregate.combine_trials(trials, aggregate.fixed_params_attrs(made))
     result, metrics = run_aggregate(params_path)
+    own = {key: result.attrs.pop(key) for key in VERDICT_KEYS}  # what the result says of itself
     xr.testing.assert_identical(result, in_memory)
+    assert own["digest"] == metrics["digest"] and own["deterministic"] == "true"
     # The streamed digest and verdict are those of the in-memory result.
     assert metrics["digest"] == content_digest(in_memory)
     assert metrics["deterministic"] == compare_trials(in_memory).deterministic

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -141,9 +143,11 @@ def test_trial_file_reads_back_identical(project_params, write_params, tmp_path)
     out = tmp_path / "a.nc"
     main(["--params", str(write_params(project_params)), "--out", str(out)])
     written = read_dataset(out)
-    # The stage adds what made the numbers: the params bound, and the code that ran.
-    assert written.attrs.pop("bound_params") == "device,portable,pre_task,task,torch_seed"
-    assert written.attrs.pop("code_digest").startswith("sha256:")
+    # The stage adds what made the numbers: the params bound, and the code that ran; and the
+    # environment it ran in, which a trial run in a script does not record.
+    assert written.attrs["bound_params"] == "device,portable,pre_task,task,torch_seed"
+    assert written.attrs["code_digest"].startswith("sha256:")
+    assert json.loads(written.attrs.pop("environment"))["cpu_model"]
     xr.testing.assert_identical(written, run_trial(parse_params(project_params)))
 
 

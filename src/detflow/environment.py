@@ -137,6 +137,20 @@ def fingerprint(env_vars: Iterable[str] = ()) -> dict[str, str]:
     }
 
 
+# The first fingerprint this process took, per declared variable list: the environment it
+# started in, before any pre-task (seed_everything sets CUBLAS_WORKSPACE_CONFIG) changed it.
+FIRST_FINGERPRINTS: dict[tuple[str, ...], dict[str, str]] = {}
+
+
+def process_fingerprint(env_vars: Iterable[str] = ()) -> dict[str, str]:
+    """``fingerprint`` as this process first saw it, so that every trial a process runs (a
+    launcher's jobs, a test's trials) records the same environment."""
+    key = tuple(sorted(env_vars))
+    if key not in FIRST_FINGERPRINTS:
+        FIRST_FINGERPRINTS[key] = fingerprint(key)
+    return dict(FIRST_FINGERPRINTS[key])
+
+
 def differences(made: Mapping[str, str], here: Mapping[str, str]) -> list[str]:
     """``field made vs here`` for each field that differs (a field only one side has, too).
 

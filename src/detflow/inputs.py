@@ -41,12 +41,20 @@ def shown(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-def add_dep(path: Path, root: Path, why: str) -> DetflowError:
+def add_dep(path: Path, root: Path, why: str, dep: Path | None = None) -> DetflowError:
+    """``dep``: what to add, when not ``path`` itself (a package's folder); without it the
+    input is data, and inputs/ is its conventional place."""
+    where = "" if dep is not None else " (or put data under inputs/, which the stage depends on)"
     return DetflowError(
         f"{why}, which the {STAGE} stage in dvc.yaml does not depend on, so changing it would "
-        f"not rerun the trials: add `- {shown(path, root)}` to stages.{STAGE}.deps "
-        f"(or put data under inputs/, which the stage depends on)"
+        f"not rerun the trials: add `- {shown(dep or path, root)}` to stages.{STAGE}.deps{where}"
     )
+
+
+def code_dep(path: Path, root: Path) -> Path:
+    """What to depend on for a module: its top-level package's folder, or the file itself."""
+    top = root / path.relative_to(root).parts[0]
+    return top if top.is_dir() and (top / "__init__.py").is_file() else path
 
 
 # --------------------------------------------------------------------------- before running
@@ -148,7 +156,8 @@ def check_modules(modules: Mapping[str, Path], root: Path, deps: Sequence[Path],
             continue  # detflow's engine: its own deps, and code_digest
         if project_local(path, root):
             if not covered(path, deps):
-                raise add_dep(path, root, f"the task ran module {name} from {shown(path, root)}")
+                why = f"the task ran module {name} from {shown(path, root)}"
+                raise add_dep(path, root, why, code_dep(path, root))
         elif not any(path.is_relative_to(p) for p in installed):
             strays.append((name, path))
     if strays:
@@ -207,6 +216,10 @@ def check_files(
     for name in sorted(observed.read - observed.written - code):
         path = Path(name)
         if path.name in STAGE_FILES and path.parent == root:
+            continue
+        if path.suffix == ".py" or not path.is_file():
+            # Source read by linecache (warnings, tracebacks) is code, which check_modules
+            # covers when it runs; a folder or a file gone since is no content to track.
             continue
         if path.is_relative_to(temporary) and fresh_temporary(path, started):
             continue

@@ -14,11 +14,17 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from detflow import inputs
-from detflow.environment import DEFAULT_OUT, check_recorded, declared_env_vars, fingerprint
+from detflow.environment import (
+    DEFAULT_OUT,
+    check_recorded,
+    declared_env_vars,
+    process_fingerprint,
+)
 from detflow.params import Params, config_digest
 from detflow.tracking import check_tracked, code_digest, code_files, stage_entry
 from detflow.watch import Observed, watching
@@ -35,7 +41,7 @@ class StageGuard:
         self.engine = Path(detflow.__file__).resolve().parent
         self.modules_before = set(sys.modules)
         self.declared = declared_env_vars(params.values)
-        self.environment = fingerprint(self.declared)
+        self.environment = process_fingerprint(self.declared)
         # Outside a DVC project (a stage run by hand, a test) there are no deps to check.
         self.entry = stage_entry(self.root / "dvc.yaml")
         self.deps = inputs.stage_deps(self.root, self.entry) if self.entry else []
@@ -77,19 +83,53 @@ class StageGuard:
             )
             env_read = inputs.check_env(self.observed, self.declared)
             inputs.check_deps_unchanged(self.state, self.deps, self.root)
-        files = code_files(
-            self.root, self.code, inputs.project_code(modules, self.root, self.engine)
+        return trial_record(
+            self.params,
+            self.root,
+            self.code,
+            self.bound,
+            self.environment,
+            inputs.project_code(modules, self.root, self.engine),
+            env_read,
         )
-        values = self.params.values
-        made_the_numbers = {
-            key: values[key] for key in sorted(self.bound) if key in values and key not in NOT_ATTRS
-        }
-        return {
-            "code_digest": code_digest(files),
-            "code_files": json.dumps(files, sort_keys=True),
-            "bound_params": ",".join(sorted(self.bound)),
-            "params": json.dumps(made_the_numbers, sort_keys=True, default=str),
-            "config_digest": config_digest(self.params),
-            "environment": json.dumps(self.environment, sort_keys=True),
-            "env_read": json.dumps(env_read, sort_keys=True),
-        }
+
+
+def trial_record(
+    params: Params,
+    root: Path,
+    code: Mapping[str, Any],
+    bound: Iterable[str],
+    environment: Mapping[str, str] | None,
+    ran: Mapping[str, Path] | None = None,
+    env_read: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """What made a trial's numbers, as its file's attrs: the code (each file's hash), the
+    params it bound and their values, the config digest, the environment and the variables
+    the task read."""
+    files = code_files(root, code, ran)
+    made_the_numbers = {
+        key: params.values[key]
+        for key in sorted(bound)
+        if key in params.values and key not in NOT_ATTRS
+    }
+    record = {
+        "code_digest": code_digest(files),
+        "code_files": json.dumps(files, sort_keys=True),
+        "bound_params": ",".join(sorted(bound)),
+        "params": json.dumps(made_the_numbers, sort_keys=True, default=str),
+        "config_digest": config_digest(params),
+        "env_read": json.dumps(dict(env_read or {}), sort_keys=True),
+    }
+    if environment is not None:
+        record["environment"] = json.dumps(dict(environment), sort_keys=True)
+    return record
+
+
+def unguarded_record(params: Params) -> dict[str, str]:
+    """The record of a trial run outside the stage (a script, a test): nothing is checked,
+    and no environment is recorded, since an earlier trial in the same process (its pre-task)
+    may have changed it; reports then say that the result records no environment."""
+    from detflow.run import stage_inputs
+
+    code, bound = stage_inputs(params)
+    return trial_record(params, Path.cwd().resolve(), code, bound, None)

@@ -31,8 +31,11 @@ def write_trial(
     before it replaces ``out``: if it raises, the file already at ``out`` stays.
     """
     from detflow.executor import run_seeds
+    from detflow.stage_guard import unguarded_record
     from detflow.trial_file import trial_file
 
+    if attrs is None:
+        attrs = unguarded_record(params)
     with trial_file(out, params.task, params.torch_seeds) as writer:
         with around_seeds():
             # Launcher jobs write beside the output, where cluster jobs can see it too.
