@@ -153,3 +153,71 @@ def slow_seed(torch_seed):
 
 def returns_four_megabytes(torch_seed):
     return {"out": torch.zeros(1_000_000)}
+
+
+# ---- real-code shapes of results, seeds and failures (tests/test_outputs_nested.py)
+
+
+def returns_state_dict(module, data, torch_seed):
+    """The module's state_dict, nested under 'weights', beside a flat loss and a spread one."""
+    return {
+        "loss": module(data).detach().sum(),
+        "weights": module.state_dict(),
+        "stats": {"epoch": {"mean": torch.tensor([0.5, float(torch_seed)])}},
+    }
+
+
+def returns_spread_state_dict(module, data):
+    return module.state_dict()
+
+
+def returns_colliding_names(torch_seed):
+    return {"a.b": torch.zeros(1), "a": {"b": torch.ones(1)}}
+
+
+def returns_int_key(torch_seed):
+    return {"weights": {0: torch.zeros(1)}}
+
+
+def records_and_returns_object(torch_seed):
+    CALLS.append(f"task {torch_seed}")
+    return {"out": torch.full((2,), float(torch_seed)), "bad": object()}
+
+
+def keys_change_on_seed_one(torch_seed):
+    CALLS.append(f"task {torch_seed}")
+    name = "out" if torch_seed == 0 else "other"
+    return {name: torch.full((2,), float(torch_seed))}
+
+
+def seeds_by_name(seed=None, workers=False):
+    """Shaped like Lightning's seed_everything(seed=None, workers=False)."""
+    CALLS.append(f"seed {seed}")
+    torch.manual_seed(0 if seed is None else seed)
+
+
+def seeds_nothing():
+    torch.manual_seed(0)
+
+
+def draws(torch_seed):
+    return {"out": torch.rand(3)}
+
+
+class DrawsInWorkers(torch.utils.data.Dataset):
+    """Each item is one draw from Python's and NumPy's global RNGs, in the worker that loads it."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        import random
+
+        import numpy as np
+
+        return torch.tensor([random.random(), np.random.rand()], dtype=torch.float64)
+
+
+def draws_in_dataloader_workers(torch_seed):
+    loader = torch.utils.data.DataLoader(DrawsInWorkers(), batch_size=1, num_workers=2)
+    return {"draws": torch.cat(list(loader))}

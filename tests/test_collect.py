@@ -14,6 +14,7 @@ import xarray as xr
 
 import detflow.collect
 import detflow.collect_merge
+import detflow.slabs
 from detflow.artifact import read_dataset, write_dataset
 from detflow.cli import DetflowError
 from detflow.collect_merge import collect_into, seed_sources
@@ -152,7 +153,7 @@ def test_configs_that_differ_beyond_the_seeds_are_refused_by_name(project_params
     with pytest.raises(
         DetflowError,
         match=r"experiments wider \(\w{7}\) and base \(\w{7}\) differ in module.out_features=2 "
-        r"vs 1: collect experiments of one config \(name them\), or pass --group-by-config",
+        r"vs 1: collect experiments of one config and code \(name them\), or pass --group-by-config",
     ):
         check_one_config([base, wider])
     groups = group_by_config([base, wider])
@@ -357,7 +358,7 @@ def test_the_streamed_file_is_the_in_memory_merge(
     dtype, slab_bytes, project_params, tmp_path, monkeypatch
 ):
     if slab_bytes:  # every seed then streams copy by copy, a row or so at a time
-        monkeypatch.setattr(detflow.collect_merge, "SLAB_BYTES", slab_bytes)
+        monkeypatch.setattr(detflow.slabs, "SLAB_BYTES", slab_bytes)
     trials = ["a", "b"]
     results = {
         "x": random_result(dtype, [2, 0, 1], trials),
@@ -405,15 +406,17 @@ def test_the_streamed_file_is_the_in_memory_merge(
 
 def test_no_read_holds_more_than_a_slab(project_params, tmp_path, monkeypatch):
     """Memory scales with a slab of one seed of one variable, never with the results."""
-    monkeypatch.setattr(detflow.collect_merge, "SLAB_BYTES", 4096)
+    monkeypatch.setattr(detflow.slabs, "SLAB_BYTES", 4096)
     reads: list[int] = []
-    read_slab = detflow.collect_merge.read_slab
+    read_slab = detflow.slabs.read_slab
 
     def counted(variable, slab):
         values = read_slab(variable, slab)
         reads.append(values.nbytes)
         return values
 
+    # Every read: the kernel's (whole seeds) and collect's own (parts of a large seed).
+    monkeypatch.setattr(detflow.slabs, "read_slab", counted)
     monkeypatch.setattr(detflow.collect_merge, "read_slab", counted)
     trials = ["a", "b", "c"]
 
@@ -439,6 +442,8 @@ def test_no_read_holds_more_than_a_slab(project_params, tmp_path, monkeypatch):
 
 
 def test_provenance_that_differs_between_experiments_is_dropped(project_params, tmp_path, collect):
+    """The collected file keeps only what holds for all its seeds: an attr that differs, or
+    that one experiment lacks, is left out (and reported, see below)."""
     first = result([0, 1]).assign_attrs(platform="linux-a", code_digest="c", only_first=1)
     second = result([2]).assign_attrs(platform="linux-b", code_digest="c", only_second="s")
     experiments = [
@@ -446,12 +451,7 @@ def test_provenance_that_differs_between_experiments_is_dropped(project_params, 
         stored("second", second, project_params, tmp_path),
     ]
     collected, _ = collect(experiments)
-    assert collected.attrs == {
-        "task": "detflow.tasks.forward",
-        "code_digest": "c",
-        "only_first": 1,
-        "only_second": "s",
-    }
+    assert collected.attrs == {"task": "detflow.tasks.forward", "code_digest": "c"}
 
 
 def test_experiments_that_give_seeds_must_share_their_trial_labels(
@@ -474,3 +474,79 @@ def test_a_result_without_the_aggregates_layout_is_refused(project_params, tmp_p
     unlabelled = result([0]).drop_vars("trial_id")
     with pytest.raises(DetflowError, match=r"has no trial_id coordinate: it was not made by"):
         collect([stored("plain", unlabelled, project_params, tmp_path)])
+
+
+def test_empty_arrays_are_collected(project_params, tmp_path):
+    """A task that returns ``torch.zeros(0)``: its empty variable merges like any other."""
+
+    def with_empty(seeds: list[int]) -> xr.Dataset:
+        empty = np.zeros((len(seeds), len(TRIALS), 0), dtype=np.float32)
+        return (
+            result(seeds)
+            .assign(empty=(("torch_seed", "trial_id", "empty_dim0"), empty))
+            .assign_coords(empty_dim0=np.arange(0))
+        )
+
+    results = {"first": with_empty([0, 1]), "second": with_empty([1, 2])}
+    experiments = [stored(name, data, project_params, tmp_path) for name, data in results.items()]
+    collected = collect_into(experiments, tmp_path / "collected.nc")
+    expected, verdict = merged_in_memory(results)
+    assert collected.verdict == verdict and verdict.deterministic
+    assert collected.digest == content_digest(expected.drop_vars(["experiments", "revs"]))
+    xr.testing.assert_identical(read_dataset(tmp_path / "collected.nc"), expected)
+    assert collected.sizes["empty_dim0"] == 0
+
+
+def test_collect_says_what_differed_among_what_it_merged(
+    project_params, tmp_path, collect_from, capsys
+):
+    """An AVX512 experiment and an ATEN_CPU_CAPABILITY=default one: the merged file drops
+    cpu_capability, so the summary and the report name it, per experiment."""
+    made = {
+        "e1": {"cpu_capability": "AVX512", "intra_op_threads": 2},
+        "e2": {"cpu_capability": "DEFAULT", "intra_op_threads": 2},
+        "e3": {"cpu_capability": "AVX512"},
+    }
+    experiments = [
+        stored(name, result([seed]).assign_attrs(attrs), project_params, tmp_path)
+        for seed, (name, attrs) in enumerate(made.items())
+    ]
+    assert collect_from(experiments) == 0
+    out = capsys.readouterr().out
+    assert "experiments differ in (so left out of the collected file's attrs):" in out
+    assert "  cpu_capability AVX512 in e1, e3 vs DEFAULT in e2\n" in out
+    assert "  intra_op_threads 2 in e1, e2 vs (absent) in e3\n" in out
+    report = json.loads((tmp_path / "data/collected.json").read_text())
+    assert report["differences"] == {
+        "cpu_capability": [
+            {"value": "AVX512", "experiments": ["e1", "e3"]},
+            {"value": "DEFAULT", "experiments": ["e2"]},
+        ],
+        "intra_op_threads": [
+            {"value": 2, "experiments": ["e1", "e2"]},
+            {"value": None, "experiments": ["e3"]},
+        ],
+    }
+    attrs = read_dataset(tmp_path / "data/collected.nc").attrs
+    assert attrs == {"task": "detflow.tasks.forward"}
+
+
+def test_experiments_made_alike_report_no_differences(
+    project_params, experiment, collect_from, tmp_path, capsys
+):
+    """A result's own digest, and the digest of its params with its seeds, are not how it
+    was made: never a difference, never merged (the collected file is another result)."""
+    own = {"digest": "sha256:{}", "config_digest": "sha256:{}", "deterministic": "true"}
+    experiments = [
+        stored(
+            name,
+            result([seed]).assign_attrs({k: v.format(seed) for k, v in own.items()}),
+            project_params,
+            tmp_path,
+        )
+        for seed, name in enumerate(["m1", "m2"])
+    ]
+    assert collect_from(experiments) == 0
+    assert "differ in" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "data/collected.json").read_text())["differences"] == {}
+    assert read_dataset(tmp_path / "data/collected.nc").attrs == {"task": "detflow.tasks.forward"}

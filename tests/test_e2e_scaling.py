@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -141,10 +142,13 @@ def test_mixed_configs_are_refused_then_grouped(repo):
 def test_a_seed_that_differs_between_machines_is_reported_and_fails_strict(repo):
     """Two "machines" whose numerics differ (an env var shifts the task's output): each
     experiment is deterministic on its own; collect finds the shared seed that is not."""
-    task = "task=tasks_for_tests.machine_dependent"
+    # Project code, as the trial stage requires, reading a variable it declares.
+    shutil.copy(TESTS_DIR / "tasks_for_tests.py", repo / "tasks" / "for_tests.py")
+    task = "task=tasks.for_tests.machine_dependent"
     for machine, seeds in (("1", "[0,1]"), ("2", "[1,2]")):
-        env = {**environment(), "PYTHONPATH": str(TESTS_DIR), "DETFLOW_TEST_MACHINE": machine}
+        env = {**environment(), "DETFLOW_TEST_MACHINE": machine}
         run = ["exp", "run", "-n", f"machine{machine}", "-S", f"torch_seed={seeds}", "-S", task]
+        run += ["-S", "env_vars=[DETFLOW_TEST_MACHINE]"]
         done = subprocess.run(
             [sys.executable, "-m", "dvc", *run],
             cwd=repo,

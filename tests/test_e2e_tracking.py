@@ -76,7 +76,7 @@ def test_collect_keeps_results_of_different_code_apart(repo):
     command = [sys.executable, "-m", "detflow.collect"]
     refused = subprocess.run(command, cwd=repo, env=environment(), capture_output=True, text=True)
     assert refused.returncode == 1
-    assert "differ in code_digest=" in refused.stderr
+    assert "differ in code: tasks/scaled.py differs" in refused.stderr
     grouped = subprocess.run(
         [*command, "--group-by-config"], cwd=repo, env=environment(), capture_output=True, text=True
     )

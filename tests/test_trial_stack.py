@@ -3,16 +3,18 @@ whole seeds share a slab or one seed spans many, and memory stays flat as seeds 
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from detflow import aggregate, trial_stack
+from detflow import aggregate, slabs, trial_stack
 from detflow.artifact import read_dataset
 from detflow.determinism import compare_trials, content_digest
 from detflow.outputs import Output
+from detflow.report import json_text
 from detflow.trial_file import trial_file
 
 SEEDS = [3, 1, 7]
@@ -45,7 +47,7 @@ def disagreeing_trials(dtype) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("slab_bytes", [1 << 20, 8, 1], ids=["whole-seeds", "rows", "one-value"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, np.int8])
 def test_streamed_result_equals_the_in_memory_one(tmp_path, monkeypatch, slab_bytes, dtype):
-    monkeypatch.setattr(trial_stack, "SLAB_BYTES", slab_bytes)
+    monkeypatch.setattr(slabs, "SLAB_BYTES", slab_bytes)
     arrays = (
         disagreeing_trials(dtype)
         if dtype != np.int8
@@ -69,7 +71,7 @@ def test_streamed_result_equals_the_in_memory_one(tmp_path, monkeypatch, slab_by
 
 
 def test_one_large_seed_is_read_in_parts_and_compared_per_trial(tmp_path, monkeypatch):
-    monkeypatch.setattr(trial_stack, "SLAB_BYTES", 16)  # 4 float32 rows per part
+    monkeypatch.setattr(slabs, "SLAB_BYTES", 16)  # 4 float32 rows per part
     a = np.arange(2 * 40, dtype=np.float32).reshape(2, 40)
     b = a.copy()
     b[1, 37] = 0.5  # in the last part of seed 1
@@ -95,4 +97,45 @@ def test_memory_does_not_grow_with_the_seeds(tmp_path):
         tracemalloc.stop()
     assert peaks[1] < 1.2 * peaks[0], peaks
     # A few slabs' temporaries, far below the 77 MB of values at 32 seeds.
-    assert peaks[1] < 40 * trial_stack.SLAB_BYTES, peaks
+    assert peaks[1] < 40 * slabs.SLAB_BYTES, peaks
+
+
+def empty_trials(folder, seeds) -> dict:
+    """Trials of a task that returns empty arrays (``torch.zeros(0)``, and a (2, 0) one)
+    beside one value per seed."""
+    paths = {}
+    for label in ("a", "b"):
+        paths[label] = folder / f"{label}.nc"
+        with trial_file(paths[label], "t", seeds) as writer:
+            for seed in seeds:
+                writer.add(
+                    {
+                        "out": Output(np.zeros(0, np.float32), None),
+                        "grid": Output(np.zeros((2, 0)), None),
+                        "loss": Output(np.float32(seed), None),
+                    }
+                )
+            writer.finish({"task": "t"})
+    return paths
+
+
+@pytest.mark.parametrize("slab_bytes", [1 << 20, 1], ids=["whole-seeds", "one-value"])
+def test_empty_arrays_stack_and_their_means_are_null(tmp_path, monkeypatch, slab_bytes):
+    monkeypatch.setattr(slabs, "SLAB_BYTES", slab_bytes)
+    paths = empty_trials(tmp_path, [0, 1])
+    stacked = trial_stack.stack_trials(paths, [0, 1], tmp_path / "result.nc", {})
+
+    expected = aggregate.combine_trials(
+        {label: read_dataset(path) for label, path in paths.items()}, {}
+    )
+    xr.testing.assert_identical(read_dataset(tmp_path / "result.nc"), expected)
+    assert stacked.digest == content_digest(expected)
+    assert stacked.verdict.deterministic
+    # No values, no mean: null in metrics.json, never NaN (which strict JSON has not).
+    assert stacked.means == {"out": None, "grid": None, "loss": 0.5}
+    assert stacked.seed_values[1] == {"out_mean": None, "grid_mean": None, "loss": 1.0}
+    text = json_text({"mean": stacked.means, "seeds": stacked.seed_values})
+    assert json.loads(text)["mean"]["out"] is None
+    # The plots read the result through trial_stack's read_slab: an empty variable has no rows.
+    with trial_stack.open_trial(tmp_path / "result.nc") as result:
+        assert aggregate.plot_rows(result, "out", [0, 1]) == "torch_seed,trial_id,index,value\n"

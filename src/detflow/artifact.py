@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 # netCDF has no float16; such variables travel as (exactly representable) float32.
 STORED_DTYPE_ATTR = "detflow_dtype"
+# A nested result's keys (JSON), as ``detflow.outputs`` names them (kept in step there).
+KEY_ATTR = "detflow_key"
 # An index coordinate (0, 1, 2, ... of each axis a task returns) is compressed in chunks of
 # this many values (1 MiB), and netCDF's cache holds a few chunks of each variable, not its
 # default 64 MiB: streamed files are read and written in order, once.
@@ -160,3 +163,58 @@ def restore_dtypes(dataset: xr.Dataset) -> xr.Dataset:
             dataset[name] = variable.astype(stored_as)
             del dataset[name].attrs[STORED_DTYPE_ATTR]
     return dataset
+
+
+def nest(values: Mapping[str, Any], keys: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
+    """The mapping a task returned, from its flat names and each name's keys (``()`` or
+    missing for a top-level key).
+
+    Examples
+    --------
+    >>> nest({"loss": 1, "weights.conv1.weight": 2}, {"weights.conv1.weight": ("weights", "conv1.weight")})
+    {'loss': 1, 'weights': {'conv1.weight': 2}}
+    """
+    tree: dict[str, Any] = {}
+    for name, value in values.items():
+        path = tuple(keys.get(name) or ()) or (name,)
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def read_nested(source: Path | xr.Dataset, **selection: Any) -> dict[str, Any]:
+    """A trial file's or result's variables nested as the task returned them, each an
+    ``xarray.DataArray``; ``selection`` (e.g. ``torch_seed=0, trial_id="a"``) picks with
+    ``Dataset.sel``. ``as_tensors`` turns a branch into tensors, e.g. for ``load_state_dict``.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> ds = xr.Dataset({"w.fc.weight": ("torch_seed", [1.0, 2.0])}, coords={"torch_seed": [0, 1]})
+    >>> ds["w.fc.weight"].attrs["detflow_key"] = '["w", "fc.weight"]'
+    >>> float(read_nested(ds, torch_seed=1)["w"]["fc.weight"])
+    2.0
+    """
+    dataset = read_dataset(Path(source)) if isinstance(source, str | os.PathLike) else source
+    if selection:
+        dataset = dataset.sel(**selection)
+    values, keys = {}, {}
+    for name, variable in dataset.data_vars.items():
+        variable = variable.copy()
+        stored = variable.attrs.pop(KEY_ATTR, None)
+        keys[name] = tuple(json.loads(stored)) if stored else ()
+        values[name] = variable
+    return nest(values, keys)
+
+
+def as_tensors(tree: Any) -> Any:
+    """Each array in nested mappings as a torch tensor (bit for bit), nesting kept: what
+    ``module.load_state_dict`` takes."""
+    import torch
+
+    if isinstance(tree, Mapping):
+        return {key: as_tensors(child) for key, child in tree.items()}
+    values = getattr(tree, "values", tree)
+    return torch.from_numpy(np.array(values, copy=True))

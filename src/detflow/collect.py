@@ -5,7 +5,9 @@ sharing a git and a DVC remote). This reads each experiment's ``data/result.nc``
 DVC's API, without checking any experiment out, and writes one ``data/collected.nc`` with
 dims ``(torch_seed, trial_id, ...)``. A seed that ran in more than one experiment is
 compared bit for bit, so cross-run and cross-machine determinism is checked, not assumed.
-Experiments whose configs differ in anything but the seeds are never mixed.
+Experiments whose configs or code differ in anything but the seeds are never mixed; what else
+differs between them (the machine, the CPU path, versions) is named in the summary and the
+report, since the collected file can keep only the attrs they share.
 
 It streams: each result is copied out of DVC into a scratch folder, then merged slab by slab
 (``detflow.collect_merge``), so memory holds a few megabytes, never the results.
@@ -15,18 +17,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from detflow.artifact import (
-    write_text,
-)
 from detflow.cli import DetflowError, run_main, stage_parser
 from detflow.collect_merge import Collected, collect_into, seed_sources
 from detflow.determinism import Verdict
+from detflow.experiment_attrs import attr_differences, difference_lines
 from detflow.experiments import (
     Experiment,
     check_one_config,
@@ -41,6 +40,7 @@ from detflow.report import (
     format_seeds,
     verdict_lines,
     verdict_record,
+    write_json,
 )
 
 RESULT = "data/result.nc"
@@ -75,6 +75,9 @@ def report(
             for experiment in experiments
         },
         "disagreements": disagreement_records(collected.verdict),
+        # What the experiments were made with that is not the same in all: dropped from the
+        # collected file's attrs, so named here.
+        "differences": attr_differences(experiments),
     }
 
 
@@ -95,6 +98,10 @@ def summary(
     across = " and across experiments" if repeated else ""
     agreeing = f"every trial agrees bitwise within each seed{across}"
     lines.extend(verdict_lines(collected.verdict, agreeing, copies="copies"))
+    differing = difference_lines(attr_differences(experiments))
+    if differing:
+        lines.append("experiments differ in (so left out of the collected file's attrs):")
+        lines.extend(f"  {line}" for line in differing)
     return "\n".join(lines)
 
 
@@ -109,7 +116,7 @@ def collect_group(experiments: Sequence[Experiment], out: Path, report_path: Pat
     """Merge one config's experiments, write the result and the report, print the summary."""
     collected = collect_into(experiments, out)
     sources = seed_sources(experiments)
-    write_text(report_path, json.dumps(report(collected, sources, experiments), indent=2) + "\n")
+    write_json(report_path, report(collected, sources, experiments))
     print(summary(out, collected, sources, experiments))
     return collected.verdict
 
@@ -135,7 +142,9 @@ def strict_default(params_path: Path) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = stage_parser(__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument(
-        "revs", nargs="*", help="experiment names or git revs (default: HEAD's experiments)"
+        "revs",
+        nargs="*",
+        help="experiment names (of any commit) or git revs (default: HEAD's experiments)",
     )
     parser.add_argument("--out", type=Path, default=Path("data/collected.nc"))
     parser.add_argument(

@@ -10,7 +10,6 @@ out.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,30 +18,27 @@ from typing import Any
 
 import numpy as np
 
-from detflow.artifact import (
-    atomic_path,
-    open_netcdf,
-    stored_form,
-    write_index_coordinate,
-)
+from detflow.artifact import atomic_path, open_netcdf, write_index_coordinate
 from detflow.cli import DetflowError
 from detflow.determinism import Disagreement, Verdict
-from detflow.experiments import (
-    Experiment,
-)
-from detflow.trial_stack import (
-    SLAB_BYTES,
+from detflow.experiment_attrs import shared_attrs
+from detflow.experiments import Experiment
+from detflow.slabs import (
+    Layout,
     VariableFindings,
     create_like,
     data_variables,
-    digest_axis,
-    digest_header,
+    describe,
     note_block,
-    note_part,
+    read_rows,
     read_slab,
     row_slabs,
+    seed_runs,
     stored_dtype,
+    stream_digested,
+    stream_parts,
     unnumbered_axis,
+    write_values,
 )
 
 # Where each seed came from, per seed: in the file, left out of the digest.
@@ -89,12 +85,7 @@ def check_result(experiment: Experiment, nc: Any) -> None:
 def layout(nc: Any) -> dict[str, str]:
     """Each variable's dtype, dims and shape past the seed axis, as ``report.describe``
     says them of the variable that xarray reads."""
-    described = {}
-    for name in data_variables(nc):
-        variable = nc.variables[name]
-        dims, shape = list(variable.dimensions[1:]), list(variable.shape[1:])
-        described[name] = f"{stored_dtype(variable)}{dims}{shape}"
-    return described
+    return {name: describe(nc.variables[name], skip=1) for name in data_variables(nc)}
 
 
 def check_same_layout(results: Sequence[Opened]) -> None:
@@ -173,42 +164,7 @@ def same_sources(sources: Mapping[int, Sequence[Experiment]]) -> Iterator[list[i
         yield run
 
 
-def seeds_per_block(copy_bytes: int, n_copies: int) -> int:
-    """How many seeds' copies of one variable fit in a block of ``SLAB_BYTES``; 0 when one
-    seed's do not, and each copy is then streamed in rows against the first.
-
-    Examples
-    --------
-    >>> seeds_per_block(copy_bytes=4, n_copies=3) > 1000, seeds_per_block(1 << 20, 3)
-    (True, 0)
-    """
-    return SLAB_BYTES // max(copy_bytes * n_copies, 1)
-
-
-def row_runs(rows: Sequence[int]) -> list[slice]:
-    """``rows`` as runs of consecutive rows, in order: one read each.
-
-    Examples
-    --------
-    >>> row_runs([4, 5, 6, 0, 1, 9])
-    [slice(4, 7, None), slice(0, 2, None), slice(9, 10, None)]
-    """
-    runs: list[slice] = []
-    for row in rows:
-        if runs and runs[-1].stop == row:
-            runs[-1] = slice(runs[-1].start, row + 1)
-        else:
-            runs.append(slice(row, row + 1))
-    return runs
-
-
 # ---------------------------------------------------------------------------- streaming
-
-
-def read_rows(variable: Any, rows: Sequence[int]) -> np.ndarray:
-    """The given rows (seeds) of a ``(torch_seed, ...)`` variable, in that order."""
-    parts = [read_slab(variable, (run,)) for run in row_runs(rows)]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def stream_block(
@@ -222,42 +178,33 @@ def stream_block(
     )
     findings = VariableFindings()
     note_block(findings, seeds, block)
-    kept = np.ascontiguousarray(block[:, : len(copies[0].trial_ids)])
-    digest.update(kept.tobytes())
-    out.variables[name][out_row : out_row + len(seeds)] = stored_form(kept)[0]
+    rows = slice(out_row, out_row + len(seeds))
+    write_values(out.variables[name], (rows,), block[:, : len(copies[0].trial_ids)], digest)
     return findings
 
 
 def stream_large_seed(
     name: str, seed: int, copies: Sequence[Opened], out_row: int, out, digest
 ) -> VariableFindings:
-    """One seed whose copies are too large for a block: copy by copy against the first, rows
-    at a time, so the first differing copy is the first recorded and the file's trials are
-    digested in C order (trial by trial, rows in order within a trial)."""
+    """One seed whose copies are too large for a block, in parts (``slabs.stream_parts``):
+    its copies are every trial of every experiment that ran it; the first experiment's are
+    written and digested."""
     labelled = [(copy, trial) for copy in copies for trial in range(len(copy.trial_ids))]
     variable = copies[0].nc.variables[name]
-    rest, itemsize = variable.shape[2:], stored_dtype(variable).itemsize
     findings = VariableFindings()
 
-    def slab(copy: Opened, trial: int, rows: slice) -> np.ndarray:
+    def read(number: int, rows: slice) -> np.ndarray:
+        copy, trial = labelled[number]
         seed_row = copy.rows[seed]
         return read_slab(copy.nc.variables[name], (slice(seed_row, seed_row + 1), trial, rows))
 
-    for number, (copy, trial) in enumerate(labelled):
-        for rows in row_slabs(rest, itemsize, SLAB_BYTES):
-            reference = slab(*labelled[0], rows)
-            part = reference if number == 0 else slab(copy, trial, rows)
-            note_part(findings, seed, number, reference, part, rows.start)
-            if number < len(copies[0].trial_ids):
-                digest.update(np.ascontiguousarray(part).tobytes())
-                out.variables[name][out_row, number, rows] = stored_form(part[0])[0]
+    def keep(number: int, rows: slice, part: np.ndarray) -> None:
+        if number < len(copies[0].trial_ids):
+            write_values(out.variables[name], (out_row, number, rows), part[0], digest)
+
+    rows = row_slabs(variable.shape[2:], stored_dtype(variable).itemsize)
+    stream_parts(findings, seed, len(labelled), rows, read, keep)
     return findings
-
-
-def merge_findings(into: VariableFindings, found: VariableFindings) -> None:
-    """Seeds are streamed once each: their findings only need joining."""
-    into.max_abs.update(found.max_abs)
-    into.first_difference.update(found.first_difference)
 
 
 def stream_variable(
@@ -270,47 +217,20 @@ def stream_variable(
         copies = [opened[experiment.rev] for experiment in sources[run[0]]]
         variable = copies[0].nc.variables[name]
         rest = variable.shape[2:]
-        copy_bytes = math.prod(rest) * stored_dtype(variable).itemsize
         n_copies = sum(len(copy.trial_ids) for copy in copies)
-        # A seed with no rows to split (one value per copy) is a block however many copies.
-        step = seeds_per_block(copy_bytes, n_copies) or (0 if rest else 1)
-        if step:
-            for start in range(0, len(run), step):
-                seeds = run[start : start + step]
-                found = stream_block(name, seeds, copies, out_row + start, out, digest)
-                merge_findings(findings, found)
-        else:
-            for position, seed in enumerate(run):
-                found = stream_large_seed(name, seed, copies, out_row + position, out, digest)
-                merge_findings(findings, found)
+        seed_bytes = math.prod(rest) * stored_dtype(variable).itemsize * n_copies
+        for positions, whole in seed_runs(len(run), seed_bytes, bool(rest)):
+            row = out_row + positions.start
+            if whole:
+                found = stream_block(name, run[positions], copies, row, out, digest)
+            else:
+                found = stream_large_seed(name, run[positions.start], copies, row, out, digest)
+            findings.merge(found)
         out_row += len(run)
     return findings
 
 
 # ---------------------------------------------------------------------------- the file
-
-
-def same_value(first: Any, second: Any) -> bool:
-    """Are two attr values equal (arrays elementwise, NaN equal to NaN, as xarray's
-    ``equivalent``)?"""
-    first, second = np.asarray(first), np.asarray(second)
-    if first.shape != second.shape:
-        return False
-    if first.dtype.kind in "fc" and second.dtype.kind in "fc":
-        return bool(np.array_equal(first, second, equal_nan=True))
-    return bool(np.array_equal(first, second))
-
-
-def merged_attrs(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Every part's attrs, less those whose values differ between parts (provenance that
-    differs between machines), as xarray's ``combine_attrs="drop_conflicts"``."""
-    merged: dict[str, Any] = {}
-    dropped: set[str] = set()
-    for attrs in parts:
-        merged.update({k: v for k, v in attrs.items() if k not in merged and k not in dropped})
-        merged = {k: v for k, v in merged.items() if k not in attrs or same_value(attrs[k], v)}
-        dropped |= {k for k in attrs if k not in merged}
-    return merged
 
 
 def source_names(sources: Mapping[int, Sequence[Experiment]]) -> dict[str, np.ndarray]:
@@ -351,25 +271,21 @@ def create_collected(
 
 
 def stream_all(out: Any, first: Opened, sources, opened, indexed) -> tuple[str, dict]:
-    """Every variable in the digest's (sorted) order; returns the digest and each data
-    variable's findings."""
-    digest = hashlib.sha256()
-    names = data_variables(first.nc)
-    sizes = collected_sizes(first, sources)
-    findings = {}
-    for name in sorted([*names, "torch_seed", "trial_id", *indexed]):
-        if name not in names:
-            digest_axis(digest, name, list(sources), first.trial_ids, sizes[name])
-            continue
-        variable = first.nc.variables[name]
-        dims = list(variable.dimensions)
-        shape = [sizes[dim] for dim in dims]
-        dtype = stored_dtype(variable)
-        digest.update(
-            digest_header(name, dims, dtype.str, shape, math.prod(shape) * dtype.itemsize)
-        )
-        findings[name] = stream_variable(name, sources, opened, out, digest)
-    return f"sha256:{digest.hexdigest()}", findings
+    """Every variable in the digest's order (``slabs.stream_digested``); returns the digest
+    and each data variable's findings."""
+    nc = first.nc
+    variables = {
+        name: (list(nc.variables[name].dimensions), stored_dtype(nc.variables[name]))
+        for name in data_variables(nc)
+    }
+    layout = Layout(
+        variables, ["torch_seed", "trial_id", *indexed], collected_sizes(first, sources)
+    )
+
+    def stream(name: str, digest: Any) -> VariableFindings:
+        return stream_variable(name, sources, opened, out, digest)
+
+    return stream_digested(layout, list(sources), first.trial_ids, stream)
 
 
 def collected_sizes(first: Opened, sources: Mapping[int, Sequence[Experiment]]) -> dict[str, int]:
@@ -440,7 +356,7 @@ def collect_into(experiments: Sequence[Experiment], out: Path) -> Collected:
         first = parts[0]
         for result in opened.values():
             check_index_axes(result, extra_dims(first.nc))
-        attrs = merged_attrs([part.experiment.attrs for part in parts])
+        attrs = shared_attrs(experiments)
         temporary = stack.enter_context(atomic_path(out))
         with open_netcdf(temporary, "w") as nc:
             indexed = create_collected(nc, first, sources, attrs)

@@ -196,7 +196,9 @@ def changed_since_commit(code_files: Mapping[str, str], where: Path) -> list[str
     package = Path(detflow.__file__).resolve().parent
     changed = []
     for name, digest in sorted(code_files.items()):
-        path = package / name.removeprefix("detflow/") if name.startswith("detflow/") else root / name
+        path = (
+            package / name.removeprefix("detflow/") if name.startswith("detflow/") else root / name
+        )
         if not path.is_relative_to(root):
             continue  # detflow installed outside this repository: its version says enough
         relative = path.relative_to(root).as_posix()

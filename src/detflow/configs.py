@@ -8,6 +8,7 @@ import importlib
 import inspect
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from detflow.cli import DetflowError, one_line
@@ -24,15 +25,21 @@ def locate(key: str, dotted_path: str) -> Any:
     try:
         return get_object(dotted_path)
     except Exception as error:
-        raise DetflowError(
-            f"{key} '{dotted_path}' does not import: {why_not(dotted_path)}: fix the dotted path"
-        ) from error
+        reason, fix, cause = why_not(dotted_path)
+        raise DetflowError(f"{key} '{dotted_path}' does not import: {reason}: {fix}") from (
+            cause or error
+        )
     finally:
         hydra_log.disabled = was_disabled
 
 
-def why_not(dotted_path: str) -> str:
-    """Why ``dotted_path`` does not import: the module that fails, or the name it lacks."""
+FIX_PATH = "fix the dotted path"
+
+
+def why_not(dotted_path: str) -> tuple[str, str, BaseException | None]:
+    """Why ``dotted_path`` does not import, and the fix: a module that raises while importing
+    (its own error, not the path's), a module or name that does not exist, or a file that
+    exists in the workspace but not in this copy of the commit (a queued experiment's)."""
     parts = dotted_path.split(".")
     found, length = None, 0
     for length in range(1, len(parts) + 1):
@@ -40,18 +47,68 @@ def why_not(dotted_path: str) -> str:
         try:
             found = importlib.import_module(name)
         except ModuleNotFoundError as error:
-            if error.name != name or found is None:  # a real failure, not "not a module"
-                return one_line(error)
+            if error.name != name and module_file(name) is not None:
+                return raised_while_importing(name, error)  # a missing dependency inside it
+            if error.name != name or found is None:
+                return one_line(error), missing_fix(error.name or name), error
             length -= 1
             break
         except Exception as error:  # the module exists but raises on import
-            return one_line(error)
+            return raised_while_importing(name, error)
     owner = ".".join(parts[:length])
     for part in parts[length:]:
         if not hasattr(found, part):
-            return f"module '{owner}' has no '{part}'"
+            missing = f"{owner}.{part}" if hasattr(found, "__path__") else owner
+            return f"module '{owner}' has no '{part}'", missing_fix(missing), None
         found, owner = getattr(found, part), f"{owner}.{part}"
-    return "it resolves, but Hydra could not load it"
+    return "it resolves, but Hydra could not load it", FIX_PATH, None
+
+
+def module_file(name: str) -> str | None:
+    """The file module ``name`` loads from, relative to the project when inside it."""
+    import importlib.util
+    import os
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except Exception:  # a parent that fails to import, or is not a package
+        return None
+    if spec is None or not spec.origin or not os.path.exists(spec.origin):
+        return None
+    path = Path(spec.origin)
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def raised_while_importing(name: str, error: BaseException) -> tuple[str, str, BaseException]:
+    file = module_file(name) or name
+    return (
+        f"importing {file} raised {one_line(error)}",
+        f"fix {file} (DETFLOW_VERBOSE=1 shows the traceback)",
+        error,
+    )
+
+
+# DVC runs a queued experiment in a copy of the commit at <workspace>/.dvc/tmp/exps/<tmp>/.
+EXPERIMENT_COPY = (".dvc", "tmp", "exps")
+
+
+def missing_fix(module: str) -> str:
+    """How to fix a module that does not exist here: commit it, if it is a file of the
+    workspace that this copy lacks; else fix the path."""
+    relative = module.replace(".", "/")
+    candidates = (f"{relative}.py", f"{relative}/__init__.py")
+    cwd = Path.cwd()
+    parts = cwd.parts
+    for start in range(len(parts) - len(EXPERIMENT_COPY)):
+        if parts[start : start + len(EXPERIMENT_COPY)] == EXPERIMENT_COPY:
+            workspace = Path(*parts[:start])
+            for candidate in candidates:
+                if (workspace / candidate).exists() and not (cwd / candidate).exists():
+                    return (
+                        f"{candidate} is not tracked by git: queued and remote experiments "
+                        f"only see committed files; git add it"
+                    )
+    return FIX_PATH
 
 
 def locate_function(key: str, dotted_path: str) -> Callable[..., Any]:

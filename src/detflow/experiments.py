@@ -19,6 +19,7 @@ import numpy as np
 
 from detflow.artifact import disk_full, open_netcdf
 from detflow.cli import DetflowError, one_line
+from detflow.experiment_attrs import code_difference
 from detflow.params import RUN_ONLY_PARAMS, Params, parse_params, parse_yaml
 
 # Each read while copying a result out of DVC: the copy holds this much, not the file.
@@ -97,7 +98,8 @@ def group_differences(groups: Mapping[str, Sequence[Experiment]]) -> dict[str, s
 
 
 def check_one_config(experiments: Sequence[Experiment]) -> None:
-    """Refuse to mix experiments whose configs differ in anything but the free params."""
+    """Refuse to mix experiments whose configs differ in anything but the free params, or
+    that ran different code (naming the files that differ)."""
     first = experiments[0]
     ours = config_of(first)
     for other in experiments[1:]:
@@ -106,12 +108,14 @@ def check_one_config(experiments: Sequence[Experiment]) -> None:
             key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)
         )
         if differing:
-            shown = ", ".join(
-                f"{key}={theirs.get(key)!r} vs {ours.get(key)!r}" for key in differing[:3]
-            )
+            params = [key for key in differing if key != "code_digest"]
+            shown = [f"{key}={theirs.get(key)!r} vs {ours.get(key)!r}" for key in params[:3]]
+            if "code_digest" in differing:
+                shown.append(code_difference(first, other))
             raise DetflowError(
-                f"experiments {other.label} and {first.label} differ in {shown}: collect "
-                f"experiments of one config (name them), or pass --group-by-config"
+                f"experiments {other.label} and {first.label} differ in {', '.join(shown)}: "
+                f"collect experiments of one config and code (name them), or pass "
+                f"--group-by-config"
             )
 
 
@@ -153,6 +157,37 @@ def head_experiments(root: str) -> dict[str, str]:
     return {row["Experiment"]: full_rev(root, row["rev"]) or row["rev"] for row in rows}
 
 
+def named_experiments(root: str, name: str) -> list[str]:
+    """The commits of every experiment called ``name``, of any commit (as `dvc exp list
+    --all-commits` lists them)."""
+    from dvc.repo import Repo
+
+    with Repo(root) as repo:
+        listed = repo.experiments.ls(all_commits=True)
+    return sorted({sha for found in listed.values() for exp, sha in found if exp == name and sha})
+
+
+def resolve(root: str, name: str, head: Mapping[str, str]) -> str:
+    """The commit of ``name``: an experiment of the current commit, a git rev, or else an
+    experiment of any other commit."""
+    rev = head.get(name) or full_rev(root, name)
+    if rev is not None:
+        return rev
+    found = named_experiments(root, name)
+    if len(found) > 1:
+        shas = ", ".join(sha[:7] for sha in found)
+        raise DetflowError(
+            f"'{name}' names experiments {shas} of different commits: pass the one to collect "
+            f"by its rev instead (e.g. {found[0][:7]})"
+        )
+    if not found:
+        raise DetflowError(
+            f"'{name}' is neither an experiment of any commit nor a git rev: see "
+            f"`dvc exp list --all-commits`, or `dvc exp pull <git remote> {name}` first"
+        )
+    return found[0]
+
+
 def find_revs(names: Sequence[str]) -> list[tuple[str, str]]:
     """(name, commit) for each experiment name or git rev; all of HEAD's experiments if none."""
     root = project_root()
@@ -166,13 +201,7 @@ def find_revs(names: Sequence[str]) -> list[tuple[str, str]]:
         return list(experiments.items())
     resolved: dict[str, str] = {}  # commit -> name: naming one commit twice reads it once
     for name in names:
-        rev = experiments.get(name) or full_rev(root, name)
-        if rev is None:
-            raise DetflowError(
-                f"'{name}' is neither an experiment of the current commit nor a git rev: "
-                f"see `dvc exp list`, or `dvc exp pull <git remote> {name}` first"
-            )
-        resolved.setdefault(rev, name)
+        resolved.setdefault(resolve(root, name, experiments), name)
     return [(name, rev) for rev, name in resolved.items()]
 
 

@@ -5,6 +5,10 @@ them, and a Hydra config (a mapping with ``_target_``) is instantiated after the
 afresh for every seed. Every seed gets its own copy of the params, so a task that mutates an
 input cannot change the next seed's. What the task returns becomes storable arrays
 (``detflow.outputs``); ``provenance`` says where the numbers came from.
+
+The seed reaches a function through ``torch_seed``, or, where it takes no ``torch_seed``,
+through an argument named ``seed`` (Lightning's ``seed_everything(seed=None)``, NumPy's
+``np.random.seed``); a pre-task that takes neither is refused, never run with one seed for all.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 from detflow.cli import DetflowError, one_line
 from detflow.configs import check_config, config_builder, config_targets, is_config, locate_function
 from detflow.options import option_values
-from detflow.outputs import Output, storable_outputs
+from detflow.outputs import Output, SeedResultError, storable_outputs
 from detflow.params import Params
 
 
@@ -39,9 +43,66 @@ def on_device(value: Any, device: str) -> Any:
     return value.to(device) if isinstance(value, torch.nn.Module | torch.Tensor) else value
 
 
+def parameters(label: str, function: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
+    """The arguments detflow binds by name, or one line saying it cannot read them
+    (``label`` names the function, e.g. ``pre_task numpy.random.seed``)."""
+    try:
+        return inspect.signature(function).parameters
+    except (TypeError, ValueError) as error:
+        raise DetflowError(
+            f"{label} has no signature detflow can read "
+            f"({one_line(error)}): wrap it in a function of torch_seed in tasks/"
+        ) from error
+
+
+def describe(function: Callable[..., Any]) -> str:
+    module = getattr(function, "__module__", None)
+    name = getattr(function, "__qualname__", None) or type(function).__name__
+    return f"{module}.{name}" if module else name
+
+
+# The name a function may take the seed by when it takes no `torch_seed`.
+SEED_ALIAS = "seed"
+
+
+def seed_argument(
+    role: str, function: Callable[..., Any], values: Mapping[str, Any], path: str | None = None
+) -> str | None:
+    """The argument the seed reaches ``function`` (named ``path`` in params.yaml) by:
+    ``torch_seed``, else ``seed``.
+
+    Examples
+    --------
+    >>> def seed_everything(seed=None, workers=False): ...
+    >>> seed_argument("pre_task", seed_everything, {"torch_seed": 0})
+    'seed'
+    """
+    named = path or describe(function)
+    names = parameters(f"{role} {named}", function)
+    if "torch_seed" in names:
+        return "torch_seed"
+    if SEED_ALIAS in names:
+        if SEED_ALIAS in values:
+            raise DetflowError(
+                f"{role} {named} takes its seed as '{SEED_ALIAS}', which "
+                f"params.yaml sets to {values[SEED_ALIAS]!r} for every torch_seed: remove "
+                f"'{SEED_ALIAS}' from params.yaml, and it receives torch_seed"
+            )
+        return SEED_ALIAS
+    if role == "pre_task":
+        raise DetflowError(
+            f"pre_task {named} takes neither torch_seed nor seed, so every "
+            f"torch_seed would start alike: give it a torch_seed argument (or set pre_task: null)"
+        )
+    return None
+
+
 def check_arguments(role: str, function: Callable[..., Any], values: Mapping[str, Any]) -> None:
-    """Every argument without a default must be a key of params.yaml."""
-    for name, parameter in inspect.signature(function).parameters.items():
+    """Every argument without a default must be a key of params.yaml (or the seed)."""
+    names = parameters(f"{role} {describe(function)}", function)
+    for name, parameter in names.items():
+        if name == SEED_ALIAS and SEED_ALIAS not in values and "torch_seed" not in names:
+            continue  # the seed goes there
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
         if name not in values and parameter.default is parameter.empty:
@@ -55,16 +116,23 @@ def bind(
     function: Callable[..., Any],
     values: Mapping[str, Any],
     builders: Mapping[str, Callable[[], Any]],
+    seed_as: str | None = "torch_seed",
 ) -> dict[str, Any]:
     """The arguments ``function`` names, from ``values``: configs built afresh by their
     builder, anything else deep-copied, so that what one seed changes the next never sees.
+    ``seed_as`` (from ``seed_argument``) is the name the seed, ``values["torch_seed"]``, goes by.
 
     Examples
     --------
     >>> def task(torch_seed, scale=2): return torch_seed * scale
     >>> bind(task, {"torch_seed": 3, "trial_id": ["a"]}, {})
     {'torch_seed': 3}
+    >>> def seed_everything(seed=None, workers=False): ...
+    >>> bind(seed_everything, {"torch_seed": 3}, {}, seed_as="seed")
+    {'seed': 3}
     """
+    if seed_as is not None and seed_as != "torch_seed":
+        values = {**values, seed_as: values["torch_seed"]}
     arguments = {}
     for name, parameter in inspect.signature(function).parameters.items():
         if name not in values or parameter.kind in (
@@ -88,8 +156,8 @@ def stage_inputs(params: Params) -> tuple[dict[str, Any], set[str]]:
     if params.pre_task:
         code[f"pre_task {params.pre_task}"] = locate_function("pre_task", params.pre_task)
     code[f"task {params.task}"] = locate_function("task", params.task)
-    for function in list(code.values()):
-        for name in inspect.signature(function).parameters:
+    for label, function in list(code.items()):
+        for name in parameters(label, function):
             if name in params.values:
                 bound.add(name)
     for key in sorted(bound):
@@ -111,8 +179,13 @@ def seed_runner(params: Params) -> Callable[[int], dict[str, Output]]:
     task = locate_function("task", params.task)
     # The seed list is replaced per seed, so a sweep's length never enters a seed's values.
     values = {**params.values, "torch_seed": 0, "device": params.device}
-    for role, function in (("pre_task", pre_task), ("task", task)):
+    seed_as = {}
+    for role, function, path in (
+        ("pre_task", pre_task, params.pre_task),
+        ("task", task, params.task),
+    ):
         if function is not None:
+            seed_as[role] = seed_argument(role, function, values, path)
             check_arguments(role, function, values)
             values.update(option_values(function, values))
     builders = {}
@@ -125,8 +198,8 @@ def seed_runner(params: Params) -> Callable[[int], dict[str, Output]]:
         seed_values = {**values, "torch_seed": seed}
         try:
             if pre_task is not None:
-                pre_task(**bind(pre_task, seed_values, builders))
-            arguments = bind(task, seed_values, builders)
+                pre_task(**bind(pre_task, seed_values, builders, seed_as["pre_task"]))
+            arguments = bind(task, seed_values, builders, seed_as["task"])
             result = task(**{name: on_device(v, params.device) for name, v in arguments.items()})
         except DetflowError:
             raise
@@ -134,7 +207,10 @@ def seed_runner(params: Params) -> Callable[[int], dict[str, Output]]:
             raise DetflowError(
                 f"task {params.task} failed on torch_seed {seed}: {one_line(error)}"
             ) from error
-        return storable_outputs(params.task, result)
+        try:
+            return storable_outputs(params.task, result)
+        except DetflowError as error:  # the work is done: the trial stage keeps the result
+            raise SeedResultError(str(error), seed, result) from error
 
     return run_seed
 

@@ -4,11 +4,16 @@ The file is made inside ``atomic_path``: a stage killed mid-run leaves a hidden 
 never a partial file at the output path. Seeds are buffered up to ``FLUSH_BYTES`` and written
 as one slab along ``torch_seed``; the flush points depend only on the outputs' sizes, so the
 loop and a launcher write the same bytes.
+
+A seed whose result cannot be stored stops the stage at that seed, and its result is kept
+beside the trial file (``<label>.failed-seed<k>.pt``, by ``torch.save``), so the work that
+made it is not lost; the error says where it is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from detflow.artifact import atomic_path, open_netcdf, stored_form, write_index_coordinate
-from detflow.cli import DetflowError
-from detflow.outputs import Output
+from detflow.artifact import (
+    KEY_ATTR,
+    atomic_path,
+    nest,
+    open_netcdf,
+    stored_form,
+    write_index_coordinate,
+)
+from detflow.cli import DetflowError, one_line
+from detflow.outputs import Output, SeedResultError, key_json
 
 # Seeds of small outputs are written together (a netCDF write per seed would cost more than
 # the how-to's task), up to this many bytes or seeds; a seed larger than that goes on its own.
@@ -67,6 +79,12 @@ def check_like_first(
             f"{sorted(first)} for torch_seed {first_seed}: return the same keys for every seed"
         )
     for name, value in outputs.items():
+        if value.key != first[name].key:
+            raise DetflowError(
+                f"task {task} returned '{name}' under keys {list(value.key or [name])} for "
+                f"torch_seed {seed} but {list(first[name].key or [name])} for torch_seed "
+                f"{first_seed}: nest the results alike for every seed"
+            )
         if value.describe() != first[name].describe():
             raise DetflowError(
                 f"task {task} returned '{name}' as {value.describe()} for torch_seed {seed} "
@@ -87,11 +105,23 @@ class TrialWriter:
 
     def add(self, outputs: Mapping[str, Output]) -> None:
         seed = self.seeds[self.written + len(self.pending)]
-        if self.first is None:
-            self.create(outputs)
-            self.first = outputs
-        else:
-            check_like_first(self.task, seed, outputs, self.seeds[0], self.first)
+        try:
+            if self.first is None:
+                self.create(outputs)
+                self.first = outputs
+            else:
+                check_like_first(self.task, seed, outputs, self.seeds[0], self.first)
+        except Exception as error:  # a DetflowError, or netCDF refusing the layout
+            message = (
+                str(error)
+                if isinstance(error, DetflowError)
+                else f"task {self.task}'s result for torch_seed {seed} could not be laid out "
+                f"in netCDF ({one_line(error)})"
+            )
+            # The seed's work is done; keep its arrays, as the task nested them.
+            arrays = {name: output.array for name, output in outputs.items()}
+            keys = {name: output.key for name, output in outputs.items()}
+            raise SeedResultError(message, seed, nest(arrays, keys)) from error
         self.pending.append(outputs)
         self.pending_bytes += sum(output.array.nbytes for output in outputs.values())
         if self.pending_bytes >= FLUSH_BYTES or len(self.pending) >= FLUSH_SEEDS:
@@ -109,7 +139,8 @@ class TrialWriter:
         for name, dims in layout.variables.items():
             stored, stored_attrs = stored_form(first[name].array)
             variable = nc.createVariable(name, stored.dtype, ("torch_seed", *dims))
-            variable.setncatts(stored_attrs)
+            key = key_json(first[name].key)
+            variable.setncatts({**stored_attrs, **({KEY_ATTR: key} if key else {})})
 
     def flush(self) -> None:
         if not self.pending:
@@ -138,9 +169,35 @@ class TrialWriter:
 def trial_file(path: Path, task: str, seeds: Sequence[int]) -> Iterator[TrialWriter]:
     """A writer for ``path``; the file appears there only if the block completes and calls
     ``finish``."""
-    with atomic_path(path) as temporary:
-        with open_netcdf(temporary, "w") as nc:
-            writer = TrialWriter(nc, task, seeds)
-            yield writer
-        if writer.first is None or writer.written != len(seeds):
-            raise DetflowError(f"{path} was not finished: run `dvc repro` again")
+    try:
+        with atomic_path(path) as temporary:
+            with open_netcdf(temporary, "w") as nc:
+                writer = TrialWriter(nc, task, seeds)
+                yield writer
+            if writer.first is None or writer.written != len(seeds):
+                raise DetflowError(f"{path} was not finished: run `dvc repro` again")
+    except SeedResultError as error:
+        raise DetflowError(f"{error.message}; {keep_result(path, error)}") from error
+
+
+def failed_seed_path(path: Path, seed: int) -> Path:
+    """Where a seed's unstorable result is kept: beside the trial file, never read by DVC
+    (``.dvcignore``) or versioned by git (``.gitignore``)."""
+    return path.with_name(f"{path.stem}.failed-seed{seed}.pt")
+
+
+def keep_result(path: Path, error: SeedResultError) -> str:
+    """Save the seed's result with ``torch.save``; say where it is, or why it is not."""
+    import torch
+
+    kept = failed_seed_path(path, error.seed)
+    shown = os.path.relpath(kept) if kept.is_relative_to(Path.cwd()) else str(kept)
+    try:
+        with atomic_path(kept) as temporary:
+            torch.save(error.result, temporary)
+    except Exception as failure:  # e.g. a result that does not pickle
+        return f"torch_seed {error.seed}'s result could not be kept ({one_line(failure)})"
+    return (
+        f"torch_seed {error.seed}'s result is kept in {shown} "
+        f"(torch.load('{shown}', weights_only=False))"
+    )

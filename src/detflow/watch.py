@@ -78,7 +78,15 @@ class Watcher:
         self.pid = os.getpid()
         self.log_fd: int | None = None
         self.log_path = ""
-        sys.addaudithook(self.hook)
+        # A plain function, not the bound method: the hook runs on every audit event (about 80
+        # a seed of the how-to: builtins.id, object.__getattr__, ...), almost all not "open".
+        hook = self.hook
+
+        def on_event(event: str, args: tuple) -> None:
+            if event == "open":
+                hook(event, args)
+
+        sys.addaudithook(on_event)
         self.patch_environ()
 
     def start(self, project: Path, skip: tuple[Path, ...] = ()) -> None:
@@ -136,7 +144,7 @@ class Watcher:
                 self.busy = False
 
     def hook(self, event: str, args: tuple) -> None:
-        if event != "open" or not self.active or self.busy:
+        if not self.active or self.busy:
             return
         path, _mode, flags = args
         if isinstance(path, int):
