@@ -81,7 +81,12 @@ def run_aggregate(tmp_path):
         for flag, path in outputs.items():
             argv += [flag, str(path)]
         aggregate.main(argv)
-        return read_dataset(outputs["--out"]), json.loads(outputs["--metrics"].read_text())
+        # The report: metrics.json's summary with the evidence.json written beside it.
+        evidence = json.loads((tmp_path / "evidence.json").read_text())
+        return read_dataset(outputs["--out"]), {
+            **evidence,
+            **json.loads(outputs["--metrics"].read_text()),
+        }
 
     return run
 

@@ -81,7 +81,11 @@ def lock_md5s(repo: Path) -> dict[str, str]:
 
 
 def metrics(repo: Path) -> dict:
-    return json.loads((repo / "metrics.json").read_text())
+    """The report: metrics.json's summary with evidence.json's details (seeds, provenance)."""
+    return {
+        **json.loads((repo / "evidence.json").read_text()),
+        **json.loads((repo / "metrics.json").read_text()),
+    }
 
 
 @pytest.fixture(scope="session")

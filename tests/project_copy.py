@@ -30,6 +30,7 @@ PROJECT_FILES = (
     # plots that the cross-machine check and `dvc metrics diff` compare with.
     "dvc.lock",
     "metrics.json",
+    "evidence.json",
     "pinpoint.json",
     "data/.gitignore",
     "data/environment.json",

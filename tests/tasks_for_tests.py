@@ -221,3 +221,24 @@ class DrawsInWorkers(torch.utils.data.Dataset):
 def draws_in_dataloader_workers(torch_seed):
     loader = torch.utils.data.DataLoader(DrawsInWorkers(), batch_size=1, num_workers=2)
     return {"draws": torch.cat(list(loader))}
+
+
+CALLS = {"n": 0}
+
+
+def nan_in_every_other_trial(torch_seed):
+    """Two seeds a trial: the first trial's calls give numbers, the next trial's NaN, so the
+    trials disagree by a NaN (whose difference JSON cannot spell)."""
+    CALLS["n"] += 1
+    odd_trial = ((CALLS["n"] - 1) // 2) % 2 == 1
+    return {"out": torch.tensor([float("nan") if odd_trial else 1.0 + torch_seed])}
+
+
+def ignores_its_seed(module, data):
+    """The same numbers whatever the seed: the seed never reaches the task."""
+    return {"out": torch.ones(2)}
+
+
+def many_results(torch_seed):
+    """60 variables, as a big model's state_dict gives: reports must not grow with them."""
+    return {f"layer{n:02d}": torch.full((3,), float(n + torch_seed)) for n in range(60)}

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from detflow import aggregate
+from detflow import aggregate, plots
 from detflow.artifact import read_dataset
 from detflow.collect_merge import collect_into
 from detflow.determinism import compare_trials, content_digest
@@ -80,7 +80,7 @@ def as_plotted(array: np.ndarray) -> list[str]:
 
     values = array.ravel()
     values = values.astype(np.uint8) if values.dtype == np.bool_ else values
-    return [str(json_number(value)) for value in values[: aggregate.PLOT_MAX_POSITIONS]]
+    return [str(json_number(value)) for value in values[: plots.PLOT_MAX_POSITIONS]]
 
 
 @settings(max_examples=80, deadline=None)
@@ -106,7 +106,7 @@ def test_every_dtype_goes_through_the_pipeline_bit_for_bit(case):
             stored = result["out"].isel(trial_id=position).values
             assert stored.tobytes() == array.tobytes()
         # Plots: the values of every plotted seed and trial, as written.
-        for position, seed in enumerate(seeds[: aggregate.PLOT_MAX_SEEDS]):
+        for position, seed in enumerate(seeds[: plots.PLOT_MAX_SEEDS]):
             for label, array in zip(labels, arrays, strict=True):
                 got = plotted_values(root / "plots" / "out.csv", seed, label)
                 assert got == as_plotted(array[position])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from detflow import aggregate
+from detflow import aggregate, plots
 from detflow.cli import DetflowError
 from detflow.determinism import compare_trials
 from detflow.params import parse_params
@@ -159,7 +159,7 @@ def test_plots_overlay_every_trial_disagreeing_seeds_first(
     project_params["torch_seed"] = list(range(12))
     run_aggregate(workspace(project_params))
     rows = (tmp_path / "plots" / "out.csv").read_text().splitlines()
-    assert len(rows) == 1 + aggregate.PLOT_MAX_SEEDS * 3
+    assert len(rows) == 1 + plots.PLOT_MAX_SEEDS * 3
 
 
 def test_seed_torch_makes_random_and_numpy_repeat_inside_dataloader_workers(project_params):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from detflow import aggregate, slabs, trial_stack
+from detflow import aggregate, plots, slabs, trial_stack
 from detflow.artifact import read_dataset
 from detflow.determinism import compare_trials, content_digest
 from detflow.outputs import Output
@@ -138,4 +138,4 @@ def test_empty_arrays_stack_and_their_means_are_null(tmp_path, monkeypatch, slab
     assert json.loads(text)["mean"]["out"] is None
     # The plots read the result through trial_stack's read_slab: an empty variable has no rows.
     with trial_stack.open_trial(tmp_path / "result.nc") as result:
-        assert aggregate.plot_rows(result, "out", [0, 1]) == "torch_seed,trial_id,index,value\n"
+        assert plots.plot_rows(result, "out", [0, 1]) == "torch_seed,trial_id,index,value\n"

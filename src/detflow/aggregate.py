@@ -15,27 +15,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detflow import result_record
-from detflow.artifact import write_text
 from detflow.cli import DetflowError, run_main, stage_parser
-from detflow.determinism import Verdict
 from detflow.params import DEFAULT_PARAMS, config_digest, load_params
+from detflow.plots import plotted_variables, write_plots
 from detflow.report import (
     disagreement_records,
     format_seeds,
-    json_number,
     verdict_lines,
     verdict_record,
     write_json,
 )
-from detflow.trial_stack import Stacked, data_variables, open_trial, read_slab, stack_trials
+from detflow.result_record import EVIDENCE_NAME
+from detflow.seed_identity import identical_seed_groups, identical_seeds_line, identical_seeds_text
+from detflow.trial_stack import Stacked, data_variables, open_trial, stack_trials
 
 if TYPE_CHECKING:
     import xarray as xr
-
-# Plots stay readable and small: disagreeing seeds first, then the others, up to this many,
-# and at most this many positions of each variable.
-PLOT_MAX_SEEDS = 10
-PLOT_MAX_POSITIONS = 500
 
 PINPOINT_HINT = (
     "to name the op where they first diverge: python -m detflow.pinpoint "
@@ -87,8 +82,16 @@ def compared(stacked: Stacked) -> bool:
     return stacked.sizes["trial_id"] >= 2
 
 
-def build_metrics(stacked: Stacked, provenance: dict[str, Any], config: str) -> dict[str, Any]:
-    """metrics.json: the verdict first, then the evidence behind it and where it came from."""
+# metrics.json lists this many means; evidence.json has every variable's.
+METRIC_MEANS = 5
+
+
+def build_reports(
+    stacked: Stacked, provenance: dict[str, Any], config: str, identical: list[list[int]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics.json, the summary DVC's tables list (`dvc metrics show`, `dvc exp show`) and
+    `dvc metrics diff` compares; and evidence.json, the per-seed values, the provenance and
+    the disagreements behind it, which would drown those tables for a big model."""
     verdict = stacked.verdict
     seeds = {
         str(seed): {
@@ -98,91 +101,65 @@ def build_metrics(stacked: Stacked, provenance: dict[str, Any], config: str) -> 
         }
         for seed in verdict.torch_seeds
     }
-    max_abs_diff = max(verdict.max_abs_diff_by_seed.values())
     record = verdict_record(verdict)
     if not compared(stacked):
         record["deterministic"] = None
         for seed in seeds.values():
             seed["deterministic"] = None
-    return {
+    summary = {
         **record,
-        "max_abs_diff": max_abs_diff,
+        "identical_seeds": identical_seeds_text(identical),
+        "max_abs_diff": max(verdict.max_abs_diff_by_seed.values()),
         "n_torch_seeds": stacked.sizes["torch_seed"],
         "n_trials": stacked.sizes["trial_id"],
         "digest": stacked.digest,
         # Which params made these numbers: results are compared across machines only when
         # this matches (see detflow.committed).
         "config_digest": config,
-        # One number per variable that does not depend on which seeds ran, so that
-        # `dvc metrics diff` between a seed-0 run and a seed-1 run shows the output change.
+        # A number per variable that does not depend on which seeds ran, so that `dvc metrics
+        # diff` between a seed-0 run and a seed-1 run shows the output change.
+        "mean": dict(list(stacked.means.items())[:METRIC_MEANS]),
+    }
+    evidence = {
+        "digest": stacked.digest,
+        "config_digest": config,
         "mean": stacked.means,
         "seeds": seeds,
         "provenance": provenance,
         "disagreements": disagreement_records(verdict),
+        "identical_seeds": identical,
     }
+    return summary, evidence
 
 
-def plot_seeds(verdict: Verdict) -> list[int]:
-    agreeing = [seed for seed in verdict.torch_seeds if seed not in verdict.disagreeing_seeds]
-    return [*verdict.disagreeing_seeds, *agreeing][:PLOT_MAX_SEEDS]
-
-
-def plot_rows(result: Any, name: str, seeds: Sequence[int]) -> str:
-    """Long-format CSV of one variable of the result file: torch_seed, trial_id, index, value.
-
-    ``index`` is the position within the variable (the epoch, for a loss curve), so every
-    trial of a seed draws one line: lines that do not overlap are trials that disagree.
-    Only the first ``PLOT_MAX_POSITIONS`` values of a seed are read.
-    """
-    variable = result.variables[name]
-    row_size = math.prod(variable.shape[3:])
-    rows = (
-        min(variable.shape[2], -(-PLOT_MAX_POSITIONS // max(row_size, 1)))
-        if variable.ndim > 2
-        else None
-    )
-    positions = {int(seed): n for n, seed in enumerate(result.variables["torch_seed"][:])}
-    labels = list(result.variables["trial_id"][:])
-    lines = ["torch_seed,trial_id,index,value"]
-    for seed in seeds:
-        for trial, label in enumerate(labels):
-            slab = (positions[seed], trial) + ((slice(0, rows),) if rows is not None else ())
-            values = read_slab(variable, slab).ravel()[:PLOT_MAX_POSITIONS]
-            if values.dtype == np.bool_:
-                values = values.astype(np.uint8)  # a plot's y axis is numeric: 1 and 0
-            for index, value in enumerate(values):
-                lines.append(f"{seed},{label},{index},{json_number(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def write_plots(result_path: Path, verdict: Verdict, plots_dir: Path) -> None:
-    """One CSV per variable, for `dvc plots show` with the `trials` template."""
-    seeds = plot_seeds(verdict)
-    with open_trial(result_path) as result:
-        for name in data_variables(result):
-            write_text(plots_dir / f"{name}.csv", plot_rows(result, name, seeds))
-
-
-def summary(stacked: Stacked, trial_ids: Sequence[str]) -> str:
+def summary(
+    stacked: Stacked, trial_ids: Sequence[str], identical: Sequence[Sequence[int]] = ()
+) -> str:
     """What a user should read in the log of `dvc repro`."""
     verdict = stacked.verdict
+    same = identical_seeds_line(identical)
     if not compared(stacked):
-        return (
+        lines = [
             f"not compared: one trial ({', '.join(trial_ids)}) ran each seed, so nothing was "
             f"compared and determinism is unknown: list two or more trial ids "
             f"(e.g. trial_id: [a, b]) to test it"
+        ]
+    else:
+        agreeing = (
+            f"all {stacked.sizes['trial_id']} trials agree bitwise for torch_seed "
+            f"{format_seeds(verdict.torch_seeds)}"
         )
-    agreeing = (
-        f"all {stacked.sizes['trial_id']} trials agree bitwise for torch_seed "
-        f"{format_seeds(verdict.torch_seeds)}"
-    )
-    lines = verdict_lines(verdict, agreeing, copies="trials")
-    if not verdict.deterministic:
-        lines.append(PINPOINT_HINT)
+        lines = verdict_lines(verdict, agreeing, copies="trials")
+        if not verdict.deterministic:
+            lines.append(PINPOINT_HINT)
+    if same:
+        lines.append(same)
     return "\n".join(lines)
 
 
-def result_attrs(stacked: Stacked, trial_ids: Sequence[str]) -> dict[str, Any]:
+def result_attrs(
+    stacked: Stacked, trial_ids: Sequence[str], identical: Sequence[Sequence[int]] = ()
+) -> dict[str, Any]:
     """What the result says of itself: its digest and verdict (see detflow.result_record)."""
     verdict = stacked.verdict
     return {
@@ -191,9 +168,18 @@ def result_attrs(stacked: Stacked, trial_ids: Sequence[str]) -> dict[str, Any]:
             verdict.deterministic if compared(stacked) else None
         ),
         result_record.DISAGREEING: ",".join(map(str, verdict.disagreeing_seeds)),
-        result_record.VERDICT: summary(stacked, trial_ids),
+        result_record.VERDICT: summary(stacked, trial_ids, identical),
         result_record.N_TRIALS: stacked.sizes["trial_id"],
     }
+
+
+def check_plot_selection(trial: Path, selected: Any) -> None:
+    """A bad `plot_variables` fails before the result is replaced, not after."""
+    with open_trial(trial) as nc:
+        names = data_variables(nc)
+        plotted_variables(
+            {name: math.prod(nc.variables[name].shape[1:]) for name in names}, selected
+        )
 
 
 def check_strict(stacked: Stacked, metrics_path: Path) -> None:
@@ -217,6 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trials", type=Path, default=Path("data/trials"), help="trials folder")
     parser.add_argument("--out", type=Path, default=Path("data/result.nc"), help="result file")
     parser.add_argument("--metrics", type=Path, default=Path("metrics.json"), help="metrics file")
+    parser.add_argument(
+        "--evidence", type=Path, default=None, help="evidence file (default: beside metrics)"
+    )
     parser.add_argument("--plots", type=Path, default=Path("data/plots"), help="plots folder")
     args = parser.parse_args(argv)
 
@@ -226,17 +215,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = {key: provenance.pop(key, None) for key in result_record.TRIAL_RECORDS}
     # The params that made the trials' numbers, as they recorded them.
     config = provenance.pop("config_digest", None) or "unknown: trials made by an older detflow"
+    first_trial = paths[params.trial_ids[0]]
+    check_plot_selection(first_trial, params.values.get("plot_variables"))  # before any write
+    identical = identical_seed_groups(first_trial)
     stacked = stack_trials(
         paths,
         params.torch_seeds,
         args.out,
         fixed_params_attrs(records["params"]),
-        result_attrs=lambda done: result_attrs(done, params.trial_ids),
+        result_attrs=lambda done: result_attrs(done, params.trial_ids, identical),
     )
-    write_plots(args.out, stacked.verdict, args.plots)
-    metrics = build_metrics(stacked, provenance, config)
+    plotted, held = write_plots(
+        args.out, stacked.verdict, args.plots, params.values.get("plot_variables")
+    )
+    metrics, evidence = build_reports(stacked, provenance, config, identical)
+    evidence_path = args.evidence or args.metrics.with_name(EVIDENCE_NAME)
+    write_json(evidence_path, evidence)
     write_json(args.metrics, metrics)
-    print(f"wrote {args.out} and {args.metrics}: digest {stacked.digest}")
+    print(f"wrote {args.out}, {args.metrics} and {evidence_path}: digest {stacked.digest}")
+    if len(plotted) < held:
+        print(
+            f"plots: {len(plotted)} of {held} variables ({', '.join(plotted)}); "
+            f"list the ones to plot in plot_variables"
+        )
     if config != config_digest(params):
         print(
             f"note: the trials ran other params than {args.params} holds now; the result "

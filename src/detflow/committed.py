@@ -153,14 +153,25 @@ def compare(
 
 
 def committed_metrics(path: Path) -> tuple[Mapping[str, Any] | None, str | None]:
-    """HEAD's metrics file at ``path``, or None and the line that says why not."""
+    """HEAD's metrics file at ``path``, merged with HEAD's evidence.json beside it where the
+    commit has one (older commits kept everything in metrics.json); or None and the line that
+    says why not."""
     text = committed_text(path)
     if text is None:
         return None, f"cross-machine: no committed {path} to compare with (commit one to compare)"
     try:
-        return json.loads(text), None
+        committed = json.loads(text)
     except ValueError:
         return None, f"cross-machine: the committed {path} is not JSON; not compared"
+    evidence = committed_text(path.with_name("evidence.json"))
+    if evidence is not None and isinstance(committed, dict):
+        try:
+            found = json.loads(evidence)
+        except ValueError:
+            return None, "cross-machine: the committed evidence.json is not JSON; not compared"
+        if isinstance(found, dict) and found.get("digest") == committed.get("digest"):
+            committed = {**found, **committed}
+    return committed, None
 
 
 def compare_with_head(

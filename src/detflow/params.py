@@ -43,7 +43,7 @@ REQUIRED_KEYS = ("torch_seed", "trial_id", "pre_task", "task")
 
 # Params that say how seeds run and whether a disagreement fails the stage: they never change
 # the numbers, so results that differ only in these are comparable.
-RUN_ONLY_PARAMS = ("launcher", "strict", "pinpoint")
+RUN_ONLY_PARAMS = ("launcher", "strict", "pinpoint", "plot_variables")
 
 
 @dataclass(frozen=True)

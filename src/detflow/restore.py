@@ -22,6 +22,7 @@ GIT_VERSIONED = (
     "params.yaml",
     "dvc.lock",
     "metrics.json",
+    "evidence.json",
     "pinpoint.json",
     "data/plots",
     "data/environment.json",

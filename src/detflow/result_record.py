@@ -27,6 +27,9 @@ DIGEST, DETERMINISTIC, DISAGREEING, VERDICT, N_TRIALS = (
     "n_trials",
 )
 VERDICT_KEYS = (DIGEST, DETERMINISTIC, DISAGREEING, VERDICT, N_TRIALS)
+# Beside metrics.json: the per-seed values, provenance and disagreements behind its summary.
+EVIDENCE_NAME = "evidence.json"
+
 # Attrs that trials record as JSON text, kept out of metrics.json's flat provenance.
 TRIAL_RECORDS = ("code_files", "params", "environment", "env_read", "bound_params")
 
@@ -53,17 +56,35 @@ def read_record(path: Path) -> dict[str, Any]:
         ) from error
 
 
+def load_report(path: Path) -> tuple[dict | None, str | None]:
+    """metrics.json merged with the evidence.json beside it (the summary's keys win), or None
+    and the line that says what is wrong and what fixes it."""
+    merged: dict = {}
+    for part in (path.with_name(EVIDENCE_NAME), path):
+        try:
+            loaded = json.loads(part.read_text(encoding="utf-8"))
+        except OSError:
+            return None, f"{part} is missing: run `dvc repro` to write it"
+        except ValueError as error:
+            return None, f"{part} is not JSON ({error}): run `dvc repro` to rewrite it"
+        if not isinstance(loaded, dict):
+            return None, f"{part} is not a JSON object: run `dvc repro` to rewrite it"
+        if merged and loaded.get(DIGEST) != merged.get(DIGEST):
+            return None, (
+                f"{part} and {path.with_name(EVIDENCE_NAME)} describe different results "
+                f"(digest {loaded.get(DIGEST)} vs {merged.get(DIGEST)}): run `dvc checkout`, "
+                f"or `dvc repro`"
+            )
+        merged.update(loaded)
+    return merged, None
+
+
 def read_metrics(path: Path, record: Mapping[str, Any]) -> tuple[dict | None, str | None]:
-    """metrics.json when it describes the result ``record`` came from; else None and the line
-    that says what is wrong and what fixes it."""
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except OSError:
-        return None, f"{path} is missing: run `dvc repro` to write it"
-    except ValueError as error:
-        return None, f"{path} is not JSON ({error}): run `dvc repro` to rewrite it"
-    if not isinstance(metrics, dict):
-        return None, f"{path} is not a JSON object: run `dvc repro` to rewrite it"
+    """metrics.json (with its evidence) when it describes the result ``record`` came from;
+    else None and the line that says what is wrong and what fixes it."""
+    metrics, problem = load_report(path)
+    if metrics is None:
+        return None, problem
     if DIGEST not in record:
         return None, (
             "the result on disk records no digest (an older detflow made it): run `dvc repro -f`"
