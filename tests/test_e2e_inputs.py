@@ -183,3 +183,12 @@ def test_an_input_edited_while_the_stage_runs_fails_it(repo, tmp_path):
     log, _ = running.communicate(timeout=300)
     assert running.returncode != 0
     assert "inputs/scale.txt changed while this stage ran" in log
+
+
+def test_launcher_jobs_are_watched_too(repo):
+    """joblib runs each seed in a worker process: what the task reads there is checked too."""
+    (repo / "input").mkdir()
+    (repo / "input" / "scale.txt").write_text("2.0")
+    configure(repo, READS % "input/scale.txt", launcher={"name": "joblib", "n_jobs": 2})
+    refused = dvc(repo, "repro", check=False)
+    assert "the task read input/scale.txt" in refused

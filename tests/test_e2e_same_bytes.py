@@ -24,6 +24,7 @@ import yaml
 
 from detflow.artifact import read_dataset
 from detflow.determinism import content_digest
+from detflow.result_record import VERDICT_KEYS
 
 pytestmark = pytest.mark.e2e
 
@@ -84,7 +85,12 @@ def test_files_are_byte_identical_before_and_after_the_restructure(tmp_path, cas
         now = new[path]
         assert content_digest(now) == content_digest(was), f"{case}: {path} changed numbers"
         xr.testing.assert_identical(now.drop_attrs(), was.drop_attrs())
-        added = {key: now.attrs.pop(key) for key in ("code_digest", "bound_params")}
+        # What this code records beside the numbers: the code and params that made them, and
+        # (the result) its own digest and verdict.
+        recorded = ("code_digest", "bound_params", "code_files", "params", "config_digest")
+        added = {key: now.attrs.pop(key) for key in recorded}
+        for key in ("env_read", *(VERDICT_KEYS if path.endswith("result.nc") else ())):
+            now.attrs.pop(key)
         assert added["code_digest"].startswith("sha256:")
         bound = set(added["bound_params"].split(","))
         dropped = {key for key in was.attrs if key not in now.attrs}

@@ -4,6 +4,7 @@ results of different code."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,12 +95,17 @@ def test_no_label_reaches_the_shell(repo):
 
 
 def repro_with_test_task(repo: Path, task: str, check: bool = True) -> str:
+    """The test task, copied into the project's tasks/ (the stage refuses code from outside)."""
+    shutil.copy(Path(__file__).resolve().parent / "tasks_for_tests.py", repo / "tasks")
     params = (repo / "params.yaml").read_text()
-    params = params.replace("task: detflow.tasks.forward", f"task: tasks_for_tests.{task}")
+    params = params.replace("task: detflow.tasks.forward", f"task: tasks.tasks_for_tests.{task}")
     (repo / "params.yaml").write_text(params)
-    env = {**environment(), "PYTHONPATH": str(Path(__file__).resolve().parent)}
     done = subprocess.run(
-        [sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=repo,
+        env=environment(),
+        capture_output=True,
+        text=True,
     )
     assert (done.returncode == 0) == check, done.stdout + done.stderr
     return done.stdout + done.stderr
@@ -115,6 +121,8 @@ def test_a_task_that_changes_directory_still_writes_where_dvc_yaml_says(repo):
 
 def test_an_unstorable_return_is_one_line_through_dvc(repo):
     failed = repro_with_test_task(repo, "returns_bfloat16", check=False)
-    assert "detflow: error: task tasks_for_tests.returns_bfloat16 returned 'out' as a " in failed
+    assert "detflow: error: task tasks.tasks_for_tests.returns_bfloat16 returned 'out' as a " in (
+        failed
+    )
     assert "torch.bfloat16 tensor, which cannot be stored" in failed
     assert "Traceback" not in failed

@@ -123,11 +123,11 @@ def test_other_code_is_not_called_a_machine_difference(repo):
     assert "this machine vs the commit" not in log
 
 
-def test_the_verdict_is_printed_when_dvc_restores_the_aggregate(repo):
+def test_the_verdict_is_printed_when_dvc_restores_stages_from_its_cache(repo):
     dvc(repo, "exp", "run", "-S", "torch_seed=1")
     sh(repo, "git", "checkout", "--", "params.yaml")
     log = dvc(repo, "repro")
-    assert "Stage 'aggregate' is cached - skipping run" in log
+    assert "Stage 'task@a' is cached - skipping run" in log
     assert "Running stage 'report'" in log
     assert "deterministic: all 3 trials agree bitwise for torch_seed 0..1" in log
     assert "cross-machine: this machine reproduced the committed result bit for bit" in log

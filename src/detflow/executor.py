@@ -34,6 +34,12 @@ EXTRAS = {
 }
 
 
+# Set by the trial stage's guard while it watches: launcher jobs then watch what their task
+# touches too, and report it with their outputs (a job in another process is out of sight).
+WATCH_ROOT: Path | None = None
+JOBS_OBSERVED: dict[str, Any] = {"read": set(), "written": set(), "env": {}, "modules": {}}
+
+
 # A stage shorter than this shows no progress; a longer one updates at most once a second, so
 # that a log (dvc repro's output in CI) gets a line a second, not one per seed.
 PROGRESS_DELAY_S = 2.0
@@ -77,7 +83,7 @@ def run_seeds(
     return attrs
 
 
-def seed_job(config: Any) -> tuple[dict[str, Any], dict[str, str]]:
+def seed_job(config: Any) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
     """One Hydra job: run one seed as the in-process loop would; return outputs and provenance.
 
     Module-level, so that launchers that pickle the task function (joblib, submitit) can.
@@ -94,8 +100,27 @@ def seed_job(config: Any) -> tuple[dict[str, Any], dict[str, str]]:
     # The thread count changes how MKL splits a reduction, so every job uses the stage's,
     # whatever the launcher's workers default to (joblib's loky lowers it, for one).
     torch.set_num_threads(int(config.intra_op_threads))
-    outputs = seed_runner(params)(int(config.torch_seed))
-    return outputs, provenance(params.device, params.portable)
+    if not config.watch_root:
+        return (
+            seed_runner(params)(int(config.torch_seed)),
+            provenance(params.device, params.portable),
+            {},
+        )
+    import detflow
+    from detflow.inputs import module_files
+    from detflow.watch import watching
+
+    before = set(sys.modules)
+    engine = Path(detflow.__file__).resolve().parent
+    with watching(Path(config.watch_root), skip=(engine,)) as observed:
+        outputs = seed_runner(params)(int(config.torch_seed))
+    seen = {
+        "read": sorted(observed.read),
+        "written": sorted(observed.written),
+        "env": dict(observed.env),
+        "modules": {name: str(path) for name, path in module_files(before).items()},
+    }
+    return outputs, provenance(params.device, params.portable), seen
 
 
 def params_snapshot(params: Params) -> str:
@@ -125,6 +150,7 @@ def job_config(
         "torch_seed": 0,
         "params_snapshot": params_snapshot(params),
         "intra_op_threads": intra_op_threads,
+        "watch_root": str(WATCH_ROOT or ""),
         "hydra": {
             "launcher": dict(launcher.options),
             "sweep": {"dir": str(sweep_dir), "subdir": "${hydra.job.num}"},
@@ -194,7 +220,9 @@ def collect_returns(
     for job in jobs:
         seed = int(job.cfg.torch_seed)
         try:
-            by_seed[seed] = job.return_value  # re-raises the job's own exception
+            outputs, attrs, seen = job.return_value  # re-raises the job's own exception
+            by_seed[seed] = outputs, attrs
+            note_job_inputs(seen)
         except DetflowError:
             raise
         except Exception as error:
@@ -221,6 +249,15 @@ def collect_returns(
             )
     # The in-process loop records the settings in force after its last seed; so does this.
     return [by_seed[seed][0] for seed in seeds], by_seed[seeds[-1]][1]
+
+
+def note_job_inputs(seen: dict[str, Any]) -> None:
+    """What a job's task touched, for the stage's guard to check with its own."""
+    JOBS_OBSERVED["read"].update(seen.get("read", ()))
+    JOBS_OBSERVED["written"].update(seen.get("written", ()))
+    for name, where in seen.get("env", {}).items():
+        JOBS_OBSERVED["env"].setdefault(name, where)
+    JOBS_OBSERVED["modules"].update(seen.get("modules", {}))
 
 
 def launch_seeds(params: Params, work_dir: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:

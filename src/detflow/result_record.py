@@ -56,46 +56,39 @@ def read_record(path: Path) -> dict[str, Any]:
         ) from error
 
 
-def load_report(path: Path) -> tuple[dict | None, str | None]:
-    """metrics.json merged with the evidence.json beside it (the summary's keys win), or None
-    and the line that says what is wrong and what fixes it."""
-    merged: dict = {}
-    for part in (path.with_name(EVIDENCE_NAME), path):
-        try:
-            loaded = json.loads(part.read_text(encoding="utf-8"))
-        except OSError:
-            return None, f"{part} is missing: run `dvc repro` to write it"
-        except ValueError as error:
-            return None, f"{part} is not JSON ({error}): run `dvc repro` to rewrite it"
-        if not isinstance(loaded, dict):
-            return None, f"{part} is not a JSON object: run `dvc repro` to rewrite it"
-        if merged and loaded.get(DIGEST) != merged.get(DIGEST):
-            return None, (
-                f"{part} and {path.with_name(EVIDENCE_NAME)} describe different results "
-                f"(digest {loaded.get(DIGEST)} vs {merged.get(DIGEST)}): run `dvc checkout`, "
-                f"or `dvc repro`"
-            )
-        merged.update(loaded)
-    return merged, None
+def load_json(path: Path) -> tuple[dict | None, str | None]:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except OSError:
+        return None, f"{path} is missing: run `dvc repro` to write it"
+    except ValueError as error:
+        return None, f"{path} is not JSON ({error}): run `dvc repro` to rewrite it"
+    if not isinstance(loaded, dict):
+        return None, f"{path} is not a JSON object: run `dvc repro` to rewrite it"
+    return loaded, None
 
 
 def read_metrics(path: Path, record: Mapping[str, Any]) -> tuple[dict | None, str | None]:
-    """metrics.json (with its evidence) when it describes the result ``record`` came from;
-    else None and the line that says what is wrong and what fixes it."""
-    metrics, problem = load_report(path)
-    if metrics is None:
-        return None, problem
+    """metrics.json with the evidence.json beside it, when both describe the result ``record``
+    came from; else None and the line that says what is wrong and what fixes it."""
     if DIGEST not in record:
         return None, (
             "the result on disk records no digest (an older detflow made it): run `dvc repro -f`"
         )
-    if metrics.get(DIGEST) != record[DIGEST]:
-        return None, (
-            f"{path} does not describe the result on disk (digest {metrics.get(DIGEST)} vs "
-            f"{record[DIGEST]}), as after a `git checkout` without `dvc checkout`: run "
-            f"`dvc checkout` to bring back the result it describes, or `dvc repro` for both"
-        )
-    return metrics, None
+    found: list[dict] = []
+    for part in (path, path.with_name(EVIDENCE_NAME)):
+        loaded, problem = load_json(part)
+        if loaded is None:
+            return None, problem
+        if loaded.get(DIGEST) != record[DIGEST]:
+            return None, (
+                f"{part} does not describe the result on disk (digest {loaded.get(DIGEST)} vs "
+                f"{record[DIGEST]}), as after a `git checkout` without `dvc checkout`: run "
+                f"`dvc checkout` to bring back the result it describes, or `dvc repro` for both"
+            )
+        found.append(loaded)
+    metrics, evidence = found
+    return {**evidence, **metrics}, None  # the summary's keys win: metrics.json is what DVC shows
 
 
 def made_elsewhere(record: Mapping[str, Any]) -> str | None:

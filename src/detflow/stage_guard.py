@@ -52,6 +52,7 @@ class StageGuard:
         self.bound: set[str] = set()
         self.state: dict[str, tuple[int, int]] = {}
         self.observed = Observed()
+        self.job_modules: dict[str, Path] = {}
         self.started = time.time()
 
     def check_before(self) -> None:
@@ -69,12 +70,25 @@ class StageGuard:
         if self.entry is None:
             yield
             return
-        with watching(self.root, skip=(self.engine,)) as observed:
-            yield
+        from detflow import executor
+
+        executor.WATCH_ROOT = self.root
+        try:
+            with watching(self.root, skip=(self.engine,)) as observed:
+                yield
+        finally:
+            executor.WATCH_ROOT = None
+        # What launcher jobs in other processes touched, beside what this process saw.
+        jobs = executor.JOBS_OBSERVED
+        observed.read |= jobs["read"]
+        observed.written |= jobs["written"]
+        for name, where in jobs["env"].items():
+            observed.env.setdefault(name, where)
+        self.job_modules = {name: Path(path) for name, path in jobs["modules"].items()}
         self.observed = observed
 
     def check_after(self) -> dict[str, str]:
-        modules = inputs.module_files(self.modules_before)
+        modules = {**self.job_modules, **inputs.module_files(self.modules_before)}
         env_read: dict[str, str] = {}
         if self.entry is not None:
             inputs.check_modules(modules, self.root, self.deps, self.engine)

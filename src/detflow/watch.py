@@ -200,6 +200,9 @@ def watching(project: Path, skip: tuple[Path, ...] = ()) -> Iterator[Observed]:
     if WATCHER is None:
         WATCHER = Watcher()
     result = Observed()
+    if WATCHER.active:  # an in-process launcher's job, inside the stage's own watch
+        yield result
+        return
     WATCHER.start(project, skip)
     try:
         yield result
