@@ -131,11 +131,17 @@ def compare(
         )
     ours, theirs = mapping(metrics.get("provenance")), mapping(committed.get("provenance"))
     if ours.get("code_digest") != theirs.get("code_digest") and "code_digest" in theirs:
-        files = f" ({', '.join(changed_code)} differ from the commit)" if changed_code else ""
+        if not changed_code:
+            # The code here is the commit's: its metrics were made before it was committed.
+            return (
+                "cross-machine: not compared: other code: the committed result was made by "
+                "other code than the commit holds; commit this run's dvc.lock, metrics.json "
+                "and evidence.json with it"
+            )
         return (
             f"cross-machine: not compared: other code: this result ran other code than the "
-            f"committed one{files}; commit the code and its result, or restore the committed "
-            f"code and `dvc repro`, to compare"
+            f"committed one ({', '.join(changed_code)} differ from the commit); commit the "
+            f"code and its result, or restore the committed code and `dvc repro`, to compare"
         )
     provenance = provenance_changes(ours, theirs)
     provenance = [line for line in provenance if not line.startswith("code_digest ")]
