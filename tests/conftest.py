@@ -16,6 +16,7 @@ from detflow.artifact import read_dataset
 from detflow.params import parse_params
 from detflow.trial import write_trial
 from dvc_project import baseline, repo  # noqa: F401  (fixtures for the e2e tests)
+from how_to import how_to_params
 from slurm_cluster import slurm  # noqa: F401  (fixture for the submitit_slurm test)
 
 
@@ -23,19 +24,7 @@ from slurm_cluster import slurm  # noqa: F401  (fixture for the submitit_slurm t
 def project_params() -> dict:
     """The how-to's params, as the project ships them today but built here, so that a user
     who edits params.yaml as the README says breaks no unit test."""
-    return {
-        "pre_task": "detflow.seeding.seed_torch",
-        "task": "detflow.tasks.forward",
-        "device": "cpu",
-        "strict": False,
-        "portable": False,
-        "torch_seed": [0, 1],
-        "trial_id": ["a", "b", "c"],
-        "launcher": "loop",
-        "module": {"_target_": "torch.nn.Linear", "in_features": 10, "out_features": 1},
-        "data": {"_target_": "torch.arange", "_args_": [10.0]},
-        "train": {"epochs": 5, "lr": 0.05, "batch_size": 16, "num_workers": 0, "n_samples": 256},
-    }
+    return how_to_params()
 
 
 @pytest.fixture

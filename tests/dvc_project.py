@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from how_to import how_to_params
 from project_copy import environment, make_copy
 
 TRIALS = ("a", "b", "c")
@@ -91,7 +92,8 @@ def metrics(repo: Path) -> dict:
 @pytest.fixture(scope="session")
 def baseline(tmp_path_factory) -> Path:
     """The project after `git init`, `dvc repro` and a commit: what a user has after setup."""
-    repo = make_copy(tmp_path_factory.mktemp("baseline") / "project")
+    # The tests' own params, not the shipped params.yaml (which the commands-table test runs).
+    repo = make_copy(tmp_path_factory.mktemp("baseline") / "project", params_file=how_to_params())
     # -f: every trial computed here, none restored from the bytes the committed dvc.lock names
     log = dvc(repo, "repro", "-f")
     assert all(f"Running stage 'task@{t}'" in log for t in TRIALS)

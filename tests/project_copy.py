@@ -32,6 +32,7 @@ PROJECT_FILES = (
     "metrics.json",
     "evidence.json",
     "pinpoint.json",
+    "pinpoint-reference",
     "data/.gitignore",
     "data/environment.json",
     "data/trials/.gitignore",
@@ -52,8 +53,9 @@ def environment() -> dict[str, str]:
     return env
 
 
-def make_copy(folder: Path, **params) -> Path:
-    """Copy the project into ``folder``, apply ``params``, and commit it."""
+def make_copy(folder: Path, params_file: dict | None = None, **params) -> Path:
+    """Copy the project into ``folder``, apply ``params``, and commit it; ``params_file``
+    replaces the shipped params.yaml whole (the tests' own params)."""
     for name in PROJECT_FILES:
         source, target = PROJECT_ROOT / name, folder / name
         if source.is_dir():
@@ -63,6 +65,8 @@ def make_copy(folder: Path, **params) -> Path:
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
+    if params_file is not None:
+        (folder / "params.yaml").write_text(yaml.safe_dump(params_file, sort_keys=False))
     if params:  # otherwise the file stays as written, comments and layout included
         values = yaml.safe_load((folder / "params.yaml").read_text())
         values.update(params)

@@ -223,14 +223,14 @@ def draws_in_dataloader_workers(torch_seed):
     return {"draws": torch.cat(list(loader))}
 
 
-CALLS = {"n": 0}
+NAN_CALLS = {"n": 0}
 
 
 def nan_in_every_other_trial(torch_seed):
     """Two seeds a trial: the first trial's calls give numbers, the next trial's NaN, so the
     trials disagree by a NaN (whose difference JSON cannot spell)."""
-    CALLS["n"] += 1
-    odd_trial = ((CALLS["n"] - 1) // 2) % 2 == 1
+    NAN_CALLS["n"] += 1
+    odd_trial = ((NAN_CALLS["n"] - 1) // 2) % 2 == 1
     return {"out": torch.tensor([float("nan") if odd_trial else 1.0 + torch_seed])}
 
 

@@ -42,8 +42,15 @@ def test_other_bits_name_the_cpu_fields_and_the_largest_difference():
     assert line.startswith("cross-machine: this machine did NOT reproduce the committed result")
     assert "largest difference 5.4" in line and "(seeds.1.out: 0.7672311 vs 0.76723164)" in line
     # The field that changes CPU bits comes before the merely informative one.
+    assert "this machine vs the commit: cpu_capability AVX2 vs AVX512; platform y vs x; " in line
+    # And it leads to the op and the setting: pinpoint against the commit's reference trace,
+    # or, without one, how to record it.
     assert line.endswith(
-        "this machine vs the commit: cpu_capability AVX2 vs AVX512; platform y vs x"
+        "record a reference where the commit was made "
+        "(python -m detflow.pinpoint --record) and commit pinpoint-reference/"
+    )
+    assert compare(ours, COMMITTED, reference=True).endswith(
+        "to find the op and the setting: python -m detflow.pinpoint --against HEAD"
     )
 
 

@@ -11,26 +11,16 @@ import os
 import re
 import subprocess
 import sys
-import tracemalloc
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from detflow.cli import DetflowError
 from detflow.committed import config_digest
 from detflow.params import parse_params
-from detflow.pinpoint import main, pinpoint_seeds, seeds_to_pinpoint
-from detflow.trace_format import (
-    OUTPUT_UNINITIALISED,
-    READ_UNINITIALISED,
-    RECORD_DTYPE,
-    first_difference,
-    name_translation,
-    read_strings,
-    trace_files,
-)
+from detflow.pinpoint import main, pinpoint_seeds
+from detflow.pinpoint_metrics import seeds_to_pinpoint
 
 TESTS = Path(__file__).parent
 TASKS_FILE = TESTS / "tasks_for_pinpoint.py"
@@ -76,7 +66,12 @@ def test_how_to_without_pre_task_names_the_rng_fill_in_linear_init(params_for):
     assert run.returncode == 1, run.stderr  # a divergence: scripts can gate on it
     lines = run.stdout.splitlines()
     module_line = params_path.read_text().splitlines().index("module:") + 1
-    assert lines[0] == "pinpoint: torch_seed 0, 2 fresh runs, 12 ops each"
+    # The runs are stopped at the first divergence, maybe after they ended (12 ops is quick).
+    assert re.fullmatch(
+        r"pinpoint: torch_seed 0, 2 fresh runs, (12 ops each|stopped at the first "
+        r"divergence, after \d+, \d+ ops)",
+        lines[0],
+    ), lines[0]
     # Ops #0 and #1 are the torch.empty of weight and bias: uninitialised, so never compared.
     assert lines[1] == (
         "first divergence: op #2 aten.uniform_.default (forward) in module Linear "
@@ -87,7 +82,12 @@ def test_how_to_without_pre_task_names_the_rng_fill_in_linear_init(params_for):
     init_file = Path(torch.nn.init.__file__).read_text().splitlines()
     assert "uniform_(" in init_file[int(via[1]) - 1]  # the line really draws the weights
     assert lines[3].startswith("  its inputs were equal: this RNG op drew different numbers")
-    assert lines[4] == "latent non-deterministic ops: none flagged by torch"
+    # The deterministic-mode run is stopped too, unless it had ended (with cores to spare).
+    assert lines[4] in {
+        "latent non-deterministic ops: none flagged by torch",
+        "latent non-deterministic ops: not checked: pinpoint stopped at the first divergence "
+        "(rerun once it is fixed)",
+    }
     record = json.loads(Path("report.json").read_text())
     assert record["diverged"] is True
     assert (record["op_index"], record["op"], record["phase"]) == (
@@ -106,7 +106,8 @@ def test_numpy_data_is_blamed_on_the_first_op_that_reads_it(params_for):
     # from_numpy runs aten.lift_fresh in torch 2.13: the first op that reads NumPy's numbers.
     assert (divergence.op_index, divergence.op) == (0, "aten.lift_fresh.default")
     assert divergence.inputs_equal is False
-    assert "came from outside torch" in divergence.cause()
+    assert "its inputs already differed" in divergence.cause()
+    assert divergence.origin.startswith("NumPy's global RNG: numpy.random.rand at ")
     assert divergence.source == f"tasks_for_pinpoint.py:{line_of('numpy')}"
     assert divergence.module is None
 
@@ -173,7 +174,7 @@ def test_latent_risks_list_the_ops_torch_flags(params_for):
 
 
 def test_alert_messages_are_parsed():
-    from detflow.trace import alert_op
+    from detflow.trace_alerts import alert_op
 
     # As torch 2.13 words it (captured from put_ on the CPU).
     message = (
@@ -191,7 +192,7 @@ def test_alert_messages_are_parsed():
 
 def test_a_failing_run_is_one_line(params_for):
     params_path = params_for(task="tasks_for_tests.raises_on_seed_one", torch_seed=[0, 1])
-    with pytest.raises(DetflowError, match=r"traced run 1 of torch_seed 1 failed: .*boom"):
+    with pytest.raises(DetflowError, match=r"traced run [12] of torch_seed 1 failed: .*boom"):
         pinpoint_seeds(params_path, [1], latent=False)
 
 
@@ -261,133 +262,6 @@ def test_many_disagreeing_seeds_are_capped(two_seeds):
     seeds, why = seeds_to_pinpoint(two_seeds, path)
     assert seeds == [0, 1, 2]
     assert "name others with --seed" in why
-
-
-# The comparison, on synthetic traces ---------------------------------------------------------
-
-
-def write_trace(prefix: Path, names: list[str], records: np.ndarray) -> None:
-    files = trace_files(prefix)
-    records.tofile(files.ops)
-    files.strings.write_text("".join(f"name\t{name}\n" for name in names))
-
-
-def synthetic(count: int, name: int = 1) -> np.ndarray:
-    records = np.zeros(count, RECORD_DTYPE)
-    records["name"] = name
-    records["outputs_lo"] = np.arange(count)
-    return records
-
-
-def compare(first: Path, second: Path, **kwargs):
-    translation = name_translation(
-        read_strings(trace_files(first).strings)["name"],
-        read_strings(trace_files(second).strings)["name"],
-    )
-    return first_difference(trace_files(first).ops, trace_files(second).ops, translation, **kwargs)
-
-
-def test_the_comparison_streams_a_million_ops(tmp_path):
-    count = 1_000_000
-    records = synthetic(count)
-    write_trace(tmp_path / "a", ["aten.add.Tensor"], records)
-    records["outputs_hi"][count - 1] = 1  # the very last op differs
-    write_trace(tmp_path / "b", ["aten.add.Tensor"], records)
-    del records
-    tracemalloc.start()
-    try:
-        difference = compare(tmp_path / "a", tmp_path / "b")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert (difference.index, difference.kind) == (count - 1, "outputs")
-    assert peak < 20 * 2**20, f"peak {peak / 2**20:.1f} MiB"
-
-
-def test_different_ops_at_one_position_are_a_path_difference(tmp_path):
-    # The runs number their names differently; the comparison goes by the names themselves.
-    first, second = synthetic(10), synthetic(10, name=2)
-    second["name"][7] = 1
-    write_trace(tmp_path / "a", ["aten.add.Tensor", "aten.mul.Tensor"], first)
-    write_trace(tmp_path / "b", ["aten.mul.Tensor", "aten.add.Tensor"], second)
-    difference = compare(tmp_path / "a", tmp_path / "b", chunk_records=3)
-    assert (difference.index, difference.kind) == (7, "path")
-
-
-def test_a_trace_that_ends_first_is_a_difference(tmp_path):
-    write_trace(tmp_path / "a", ["aten.add.Tensor"], synthetic(10))
-    write_trace(tmp_path / "b", ["aten.add.Tensor"], synthetic(12))
-    difference = compare(tmp_path / "a", tmp_path / "b", chunk_records=4)
-    assert (difference.index, difference.kind) == (10, "ended")
-    assert difference.first is None
-
-
-def test_differing_inputs_before_the_divergence_are_noted(tmp_path):
-    first, second = synthetic(10), synthetic(10)
-    second["inputs_lo"][3] = 1  # read other data, gave the same outputs
-    second["outputs_lo"][5] = 99
-    write_trace(tmp_path / "a", ["aten.gt.Scalar"], first)
-    write_trace(tmp_path / "b", ["aten.gt.Scalar"], second)
-    difference = compare(tmp_path / "a", tmp_path / "b")
-    assert (difference.index, difference.inputs_index) == (5, 3)
-
-
-def test_uninitialised_outputs_are_not_compared(tmp_path):
-    first, second = synthetic(4), synthetic(4)
-    second["outputs_lo"][1] = 99
-    second["flags"][1] = first["flags"][1] = OUTPUT_UNINITIALISED
-    write_trace(tmp_path / "a", ["aten.empty.memory_format"], first)
-    write_trace(tmp_path / "b", ["aten.empty.memory_format"], second)
-    assert compare(tmp_path / "a", tmp_path / "b") is None
-
-
-# The tracer, in this process -------------------------------------------------------------
-
-
-def traced(tmp_path: Path, name: str, garbage: float, read_garbage: bool) -> Path:
-    """A trace of ops on memory from torch.empty, which here holds ``garbage``."""
-    from detflow.trace import OpTracer, TraceWriter
-
-    prefix = tmp_path / name
-    with TraceWriter(trace_files(prefix)) as writer, OpTracer(writer, tmp_path / "params.yaml"):
-        weight = torch.empty(3)
-        weight.numpy()[:] = garbage  # what a fresh process's memory held: no torch op
-        weight.uniform_(generator=torch.Generator().manual_seed(0))
-        spare = torch.empty(2, 2)
-        spare.numpy()[:] = garbage
-        view = spare.view(4)
-        if read_garbage:
-            view.add(1.0)
-    return prefix
-
-
-def flagged_ops(prefix: Path, flag: int) -> list[tuple[str, bool]]:
-    """Each op of a trace by name, and whether it carries ``flag``."""
-    names = read_strings(trace_files(prefix).strings)["name"]
-    records = np.fromfile(trace_files(prefix).ops, RECORD_DTYPE)
-    return [(names[r["name"] - 1], bool(r["flags"] & flag)) for r in records]
-
-
-def test_fills_of_uninitialised_memory_agree(tmp_path):
-    first = traced(tmp_path, "a", 1.0, read_garbage=False)
-    second = traced(tmp_path, "b", 2.0, read_garbage=False)
-    assert compare(first, second) is None
-    # .numpy() runs aten.detach: a view of the garbage, so not compared either.
-    assert flagged_ops(first, OUTPUT_UNINITIALISED) == [
-        ("aten.empty.memory_format", True),
-        ("aten.detach.default", True),
-        ("aten.uniform_.default", False),  # it overwrites the garbage: compared, and equal
-        ("aten.empty.memory_format", True),
-        ("aten.detach.default", True),
-        ("aten.view.default", True),
-    ]
-
-
-def test_reading_uninitialised_memory_is_flagged(tmp_path):
-    first = traced(tmp_path, "a", 1.0, read_garbage=True)
-    second = traced(tmp_path, "b", 2.0, read_garbage=True)
-    difference = compare(first, second)
-    assert flagged_ops(first, READ_UNINITIALISED)[difference.index] == ("aten.add.Tensor", True)
 
 
 # On a GPU --------------------------------------------------------------------------------

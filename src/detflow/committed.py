@@ -102,13 +102,27 @@ def malformed(committed: Any) -> str | None:
     return None
 
 
+# Where the cross-machine line leads when the bits differ: the op and the setting that made
+# them differ, found against the reference trace the commit carries (see detflow.reference).
+AGAINST = "to find the op and the setting: python -m detflow.pinpoint --against HEAD"
+RECORD = (
+    "to find the op and the setting, record a reference where the commit was made "
+    "(python -m detflow.pinpoint --record) and commit pinpoint-reference/"
+)
+REFERENCE = "pinpoint-reference/trace.json"
+
+
 def compare(
-    metrics: Mapping[str, Any], committed: Mapping[str, Any], changed_code: Sequence[str] = ()
+    metrics: Mapping[str, Any],
+    committed: Mapping[str, Any],
+    changed_code: Sequence[str] = (),
+    reference: bool = False,
 ) -> str:
     """One line: did ``metrics`` reproduce ``committed`` bit for bit; if not, why and how much.
 
     ``metrics`` describes a result made in this environment (the caller checks that);
-    ``changed_code`` names the files its code_digest covers that differ from the commit.
+    ``changed_code`` names the files its code_digest covers that differ from the commit;
+    ``reference``: the commit carries a reference trace for `pinpoint --against`.
 
     Examples
     --------
@@ -154,7 +168,8 @@ def compare(
     why = "; ".join(provenance) if provenance else "no provenance field differs"
     return (
         f"cross-machine: this machine did NOT reproduce the committed result bit for bit: "
-        f"{largest_difference(metrics, committed)}; this machine vs the commit: {why}"
+        f"{largest_difference(metrics, committed)}; this machine vs the commit: {why}; "
+        f"{AGAINST if reference else RECORD}"
     )
 
 
@@ -192,7 +207,21 @@ def compare_with_head(
     ours, theirs = mapping(metrics.get("provenance")), mapping(mapping(committed).get("provenance"))
     if code_files and ours.get("code_digest") != theirs.get("code_digest"):
         changed = changed_since_commit(code_files, path.parent)
-    return compare(metrics, committed, changed)
+    return compare(metrics, committed, changed, committed_exists(path.parent, REFERENCE))
+
+
+def committed_exists(where: Path, relative: str) -> bool:
+    """Does git's HEAD hold ``relative`` (from the repository's root)?"""
+    try:
+        found = subprocess.run(
+            ["git", "cat-file", "-e", f"HEAD:{relative}"],
+            cwd=where if where.is_dir() else None,
+            capture_output=True,
+            check=False,
+        )
+    except OSError:
+        return False
+    return found.returncode == 0
 
 
 def changed_since_commit(code_files: Mapping[str, str], where: Path) -> list[str]:

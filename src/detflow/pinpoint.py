@@ -1,337 +1,47 @@
 """Pinpoint: name the op where fresh runs of a seed first diverge, and the ops torch flags.
 
-``python -m detflow.pinpoint [--seed N ...] [--runs 2]`` runs each seed's pre-task, build and
-task in ``--runs`` fresh processes (``python -m detflow.trace``), each under a trace of every
-aten op, forward and backward. The traces stream to a temporary folder and are compared in
-lockstep, so a run of a million ops needs little memory. The report names the first op whose
-outputs differ (its position, module, phase, the user's line that led to it) and whether its
-inputs were already different (data from outside torch) or not (the op itself). A further
-process runs the seed under torch's deterministic mode, warn-only, to list the ops torch flags
-as non-deterministic even where the runs agreed. Exit 1 when a divergence is found, so scripts
-can gate on it; the report goes to ``--out`` as JSON, for ``dvc metrics show``.
+``python -m detflow.pinpoint [--seed N ...] [--runs 2] [--jobs J]`` runs each seed's pre-task,
+build and task in ``--runs`` fresh processes (``python -m detflow.trace``), side by side, each
+under a trace of every aten op, forward and backward. The traces are compared in lockstep while
+the runs write them (``pinpoint_runs``, ``pinpoint_compare``), and every run stops at the first
+divergence, so a run that diverges early costs little. The report (``pinpoint_report``) names
+the first op whose outputs differ (its position, module, phase, the user's line that led to it)
+and whether its inputs were already different (data from outside torch) or not (the op itself).
+A further process runs the seed under torch's deterministic mode, warn-only, to list the ops
+torch flags as non-deterministic even where the runs agreed.
 
-Without ``--seed``, the seeds are metrics.json's disagreeing seeds when it was made from these
-params, else the first seed. This module never imports torch; its child processes do.
+``--record`` keeps a seed's trace as ``pinpoint-reference/`` for git, and ``--against REV``
+compares a run here with the trace commit REV carries: the first op that computes otherwise,
+and the setting (CPU capability, threads, MKL_CBWR, versions) that caused it
+(``detflow.against``).
+
+Exit 1 when a divergence is found, so scripts can gate on it; 3 when metrics.json says the
+trials disagreed but the fresh runs agreed (inconclusive); 0 otherwise. The report goes to
+``--out`` as JSON, for ``dvc metrics show``. Without ``--seed``, the seeds are metrics.json's
+disagreeing seeds when it was made from these params, else the first seed. This module never
+imports torch; its child processes do.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, TextIO
 
 from detflow.cli import DetflowError, run_main, stage_parser
 from detflow.params import DEFAULT_PARAMS, Params, check_torch_seeds, load_params
-from detflow.trace_format import (
-    BACKWARD,
-    OUTSIDE_FORWARD,
-    RANDOM,
-    READ_UNINITIALISED,
-    RECORD,
-    Difference,
-    TraceFiles,
-    digests_differ,
-    first_difference,
-    name_translation,
-    read_chunk,
-    read_strings,
-    trace_files,
-)
-
-# Seeds traced when metrics.json lists more disagreeing seeds than this (--seed names others).
-AUTO_SEEDS_MAX = 3
+from detflow.pinpoint_metrics import read_verdict, seeds_to_pinpoint
+from detflow.pinpoint_origin import outside_origin
+from detflow.pinpoint_report import Divergence, PinpointReport, SeedFinding, describe
+from detflow.pinpoint_runs import Child, SeedRuns, machine_slots, trace_prefix
 
 DEFAULT_OUT = Path("pinpoint.json")
 DEFAULT_METRICS = Path("metrics.json")
-
-# What a difference means ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Divergence:
-    """The first divergence of a seed's runs, in words and names."""
-
-    kind: str  # outputs, path, ended, or results (every op agreed, the task's results did not)
-    runs: tuple[int, int]  # the two runs compared, from 1
-    op_index: int | None = None
-    op: str | None = None
-    other_op: str | None = None  # for kind path: the other run's op
-    phase: str | None = None
-    module: str | None = None
-    module_class: str | None = None
-    outside_forward: bool = False
-    source: str | None = None
-    via: str | None = None
-    inputs_equal: bool | None = None
-    random_op: bool = False
-    read_uninitialised: bool = False
-    ended_run: int | None = None  # for kind ended: the run whose trace stopped first
-    inputs_first: tuple[int, str] | None = None  # an earlier op that read differing inputs
-    results: tuple[str, ...] = ()  # for kind results: the task's results that differ
-
-    def cause(self) -> str:
-        first, second = self.runs
-        if self.kind == "path":
-            return (
-                f"the runs took different paths: run {first} called {self.op} where run "
-                f"{second} called {self.other_op}, with every earlier op's outputs equal, so a "
-                f"branch was decided by something outside torch's ops (Python or NumPy "
-                f"randomness, the clock, a set's order, the environment)"
-            )
-        if self.kind == "ended":
-            return (
-                f"run {self.ended_run} ended after {self.op_index} ops while the other went on "
-                f"with {self.op}: the runs took different paths, decided outside torch's ops"
-            )
-        if self.kind == "results":
-            return (
-                f"every op agreed, but the task's results {', '.join(self.results)} did not: "
-                f"they were computed outside torch's ops (NumPy, Python)"
-            )
-        if self.read_uninitialised and self.inputs_equal:
-            return (
-                "it read memory never written (from torch.empty or the like), which differs "
-                "between processes: the difference may be that garbage, not a real divergence"
-            )
-        if not self.inputs_equal:
-            earlier = ""
-            if self.inputs_first is not None and self.inputs_first[0] < (self.op_index or 0):
-                index, op = self.inputs_first
-                earlier = f"; it first reached op #{index} {op}, whose outputs still agreed"
-            return (
-                "its inputs already differed, though every earlier op agreed: the data came "
-                "from outside torch (NumPy or Python random draws, an unseeded RNG outside "
-                f"torch, a file, the clock), and this is the first op that read it{earlier}"
-            )
-        if self.random_op:
-            return (
-                "its inputs were equal: this RNG op drew different numbers, so its generator "
-                "(torch's default one or the one passed to it) was not seeded alike in the "
-                "runs: seed it in the pre-task, or from torch_seed"
-            )
-        return (
-            "its inputs were equal: the op itself gave different outputs (an unseeded or "
-            "non-deterministic op; try torch.use_deterministic_algorithms(True))"
-        )
-
-    def headline(self) -> str:
-        if self.kind == "results":
-            return "first divergence: the task's results, after every op agreed"
-        runs = f" (run {self.runs[0]} vs run {self.runs[1]})" if self.runs != (1, 2) else ""
-        op = f"{self.op} vs {self.other_op}" if self.kind == "path" else self.op
-        module = "outside any module"
-        if self.module:
-            where = ", outside its forward" if self.outside_forward else ""
-            module = f"in module {self.module} ({self.module_class}{where})"
-        source = f", from {self.source}" if self.source else ""
-        return f"first divergence{runs}: op #{self.op_index} {op} ({self.phase}) {module}{source}"
-
-    def lines(self) -> list[str]:
-        lines = [self.headline()]
-        if self.via:
-            lines.append(f"  called at {self.via}")
-        lines.append(f"  {self.cause()}")
-        return lines
-
-
-@dataclass(frozen=True)
-class TracedRun:
-    """One fresh traced run: its files and summary (``ops``, ``bytes``, ``results``)."""
-
-    files: TraceFiles
-    summary: dict[str, Any]
-
-    @property
-    def ops(self) -> int:
-        return int(self.summary["ops"])
-
-
-def describe(
-    difference: Difference, runs: tuple[TracedRun, TracedRun], numbers: tuple[int, int]
-) -> Divergence:
-    """Resolve a ``Difference``'s ids through the runs' string tables."""
-    strings = [read_strings(run.files.strings) for run in runs]
-
-    def text(which: int, record: np.void | None, kind: str) -> str | None:
-        if record is None or not record[kind]:
-            return None
-        return strings[which][kind][int(record[kind]) - 1]
-
-    # The run that still has an op at the index describes it (for kind ended, the longer one).
-    which = 0 if difference.first is not None else 1
-    record = difference.first if which == 0 else difference.second
-    flags = int(record["flags"])
-    inputs_first = None
-    if difference.inputs_index is not None:
-        inputs_first = (
-            difference.inputs_index,
-            op_name_at(runs[0], strings[0], difference.inputs_index),
-        )
-    inputs_equal = None
-    if difference.kind == "outputs":
-        inputs_equal = not bool(digests_differ(difference.first, difference.second, "inputs"))
-        flags |= int(difference.second["flags"])
-    return Divergence(
-        kind=difference.kind,
-        runs=numbers,
-        op_index=difference.index,
-        op=text(which, record, "name"),
-        other_op=text(1, difference.second, "name") if difference.kind == "path" else None,
-        phase="backward" if flags & BACKWARD else "forward",
-        module=text(which, record, "module"),
-        module_class=text(which, record, "module_class"),
-        outside_forward=bool(flags & OUTSIDE_FORWARD),
-        source=text(which, record, "source"),
-        via=text(which, record, "via"),
-        inputs_equal=inputs_equal,
-        random_op=bool(flags & RANDOM),
-        read_uninitialised=bool(flags & READ_UNINITIALISED),
-        ended_run=numbers[1 - which] if difference.kind == "ended" else None,
-        inputs_first=inputs_first,
-    )
-
-
-def op_name_at(run: TracedRun, strings: dict[str, list[str]], index: int) -> str:
-    with open(run.files.ops, "rb") as stream:
-        stream.seek(index * RECORD.size)
-        record = read_chunk(stream, 1)[0]
-    return strings["name"][int(record["name"]) - 1]
-
-
-def compare_runs(runs: Sequence[TracedRun]) -> Divergence | None:
-    """The earliest divergence between the first run and each other run."""
-    earliest: tuple[Difference, int] | None = None
-    for number in range(1, len(runs)):
-        translation = name_translation(
-            read_strings(runs[0].files.strings)["name"],
-            read_strings(runs[number].files.strings)["name"],
-        )
-        difference = first_difference(runs[0].files.ops, runs[number].files.ops, translation)
-        if difference is not None and (earliest is None or difference.index < earliest[0].index):
-            earliest = (difference, number)
-    if earliest is not None:
-        difference, number = earliest
-        return describe(difference, (runs[0], runs[number]), (1, number + 1))
-    for number in range(1, len(runs)):
-        ours, theirs = runs[0].summary["results"], runs[number].summary["results"]
-        differing = tuple(name for name in ours if ours[name] != theirs.get(name))
-        if differing:
-            return Divergence(kind="results", runs=(1, number + 1), results=differing)
-    return None
-
-
-# The report ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SeedFinding:
-    """What the fresh runs of one seed showed."""
-
-    torch_seed: int
-    ops: tuple[int, ...]
-    trace_bytes: int
-    divergence: Divergence | None
-
-    def lines(self) -> list[str]:
-        each = f"{self.ops[0]} ops each"
-        if len(set(self.ops)) > 1:
-            each = f"{', '.join(map(str, self.ops))} ops"
-        lines = [f"pinpoint: torch_seed {self.torch_seed}, {len(self.ops)} fresh runs, {each}"]
-        if self.divergence is None:
-            lines.append(
-                "no divergence: every op gave equal outputs in every run, and so did the results"
-            )
-        else:
-            lines += self.divergence.lines()
-        return lines
-
-
-@dataclass(frozen=True)
-class PinpointReport:
-    """Every seed's finding, and the deterministic-mode alerts of the first seed's run
-    (``latent``: op -> {"count", "source"}; None where they were not collected)."""
-
-    findings: tuple[SeedFinding, ...]
-    runs: int
-    latent: dict[str, dict[str, Any]] | None = field(default=None)
-
-    @property
-    def diverged(self) -> bool:
-        return any(finding.divergence is not None for finding in self.findings)
-
-    def described(self) -> SeedFinding:
-        """The finding the flat record describes: the first that diverged, else the first."""
-        return next((f for f in self.findings if f.divergence is not None), self.findings[0])
-
-    def latent_line(self) -> str:
-        if self.latent is None:
-            return "latent non-deterministic ops: not checked"
-        if not self.latent:
-            return "latent non-deterministic ops: none flagged by torch"
-        ops = ", ".join(
-            f"{op} x{entry['count']} (from {entry['source']})" for op, entry in self.latent.items()
-        )
-        return f"latent non-deterministic ops: {ops}"
-
-    def lines(self) -> list[str]:
-        lines = [line for finding in self.findings for line in finding.lines()]
-        return [*lines, self.latent_line()]
-
-    def record(self) -> dict[str, Any]:
-        """A flat JSON record, for `dvc metrics show`; detail keys are null without a divergence.
-
-        Examples
-        --------
-        >>> report = PinpointReport((SeedFinding(0, (41, 41), 2300, None),), runs=2, latent={})
-        >>> report.record()["diverged"], report.record()["op_index"]
-        (False, None)
-        """
-        finding = self.described()
-        divergence = finding.divergence
-        detail = {
-            "kind": None,
-            "op_index": None,
-            "op": None,
-            "other_op": None,
-            "phase": None,
-            "module": None,
-            "module_class": None,
-            "source": None,
-            "via": None,
-            "inputs_equal": None,
-            "cause": None,
-        }
-        if divergence is not None:
-            detail.update(
-                {key: getattr(divergence, key) for key in detail if key != "cause"},
-                cause=divergence.cause(),
-            )
-        return {
-            "diverged": self.diverged,
-            "seeds": ",".join(str(f.torch_seed) for f in self.findings),
-            "diverged_seeds": ",".join(
-                str(f.torch_seed) for f in self.findings if f.divergence is not None
-            ),
-            "runs": self.runs,
-            "torch_seed": finding.torch_seed,
-            "ops_traced": finding.ops[0],
-            "trace_bytes": finding.trace_bytes,
-            **detail,
-            "latent_nondeterministic_ops": {
-                op: entry["count"] for op, entry in (self.latent or {}).items()
-            },
-        }
-
-
-# Running the fresh processes --------------------------------------------------------------
+STOPPED_NOTE = "not checked: pinpoint stopped at the first divergence (rerun once it is fixed)"
 
 
 def child_environment(params: Params) -> dict[str, str]:
@@ -344,65 +54,93 @@ def child_environment(params: Params) -> dict[str, str]:
     return environment
 
 
-def run_children(commands: dict[str, list[str]], folder: Path, environment: dict[str, str]) -> None:
-    """Run the commands at once, each in its own fresh process; fail on the first failure."""
-    started = {}
-    for label, command in commands.items():
-        with (
-            open(folder / f"{label}.stdout", "wb") as stdout,
-            open(folder / f"{label}.stderr", "wb") as stderr,
-        ):
-            started[label] = subprocess.Popen(
-                command, stdout=stdout, stderr=stderr, env=environment
-            )
-    failed = [label for label, process in started.items() if process.wait() != 0]
-    if failed:
-        label = failed[0]
-        lines = (folder / f"{label}.stderr").read_text(errors="replace").strip().splitlines()
-        why = lines[-1].removeprefix("detflow: error: ") if lines else "no message"
-        raise DetflowError(f"pinpoint's {label.replace('-', ' ')} failed: {why}")
-
-
 def trace_command(params_path: Path, seed: int, prefix: Path, alerts: bool) -> list[str]:
     command = [sys.executable, "-m", "detflow.trace", "--params", str(params_path)]
     command += ["--seed", str(seed), "--out", str(prefix)]
     return [*command, "--alerts"] if alerts else command
 
 
+def results_divergence(traced: list[Child]) -> Divergence | None:
+    """Every op agreed: do the task's results (computed outside torch's ops, maybe) agree?"""
+    ours = traced[0].summary()["results"]
+    for child in traced[1:]:
+        theirs = child.summary()["results"]
+        differing = tuple(name for name in ours if ours[name] != theirs.get(name))
+        if differing:
+            return Divergence(kind="results", runs=(1, child.number or 0), results=differing)
+    return None
+
+
+def with_origin(divergence: Divergence, prefixes: tuple[Path, Path]) -> Divergence:
+    """Name where data from outside torch came from, when the divergence came from there."""
+    if divergence.kind == "outputs" and divergence.inputs_equal:
+        return divergence  # the op itself (or its generator): nothing outside torch
+    before = None if divergence.kind == "results" else divergence.op_index
+    origin = outside_origin(prefixes, divergence.runs, before)
+    return dataclasses.replace(divergence, origin=origin) if origin else divergence
+
+
 def pinpoint_seed(
-    params_path: Path, params: Params, seed: int, runs: int, folder: Path, latent: bool
+    params_path: Path,
+    params: Params,
+    seed: int,
+    runs: int,
+    folder: Path,
+    latent: bool,
+    slots: tuple[int, str],
+    log: TextIO,
 ) -> tuple[SeedFinding, dict[str, dict[str, Any]] | None]:
     """Trace ``seed`` in ``runs`` fresh processes (and collect alerts in one more)."""
-    commands = {
-        f"traced-run-{number}-of-torch_seed-{seed}": trace_command(
-            params_path, seed, folder / f"seed{seed}-run{number}", alerts=False
+    prefixes = {number: trace_prefix(folder, seed, number) for number in range(1, runs + 1)}
+    traced = [
+        Child(
+            f"traced run {number} of torch_seed {seed}",
+            trace_command(params_path, seed, prefix, alerts=False),
+            prefix,
+            number=number,
         )
-        for number in range(1, runs + 1)
-    }
-    alerts_prefix = folder / f"seed{seed}-alerts"
+        for number, prefix in prefixes.items()
+    ]
+    alerts = None
     if latent:
-        commands[f"deterministic-mode-run-of-torch_seed-{seed}"] = trace_command(
-            params_path, seed, alerts_prefix, alerts=True
+        prefix = trace_prefix(folder, seed, "alerts")
+        alerts = Child(
+            f"deterministic-mode run of torch_seed {seed}",
+            trace_command(params_path, seed, prefix, alerts=True),
+            prefix,
         )
-    run_children(commands, folder, child_environment(params))
-    traced = []
-    for number in range(1, runs + 1):
-        files = trace_files(folder / f"seed{seed}-run{number}")
-        traced.append(TracedRun(files, json.loads(files.summary.read_text())))
-    found = None
-    if latent:
-        found = json.loads(trace_files(alerts_prefix).summary.read_text())["alerts"]
-    finding = SeedFinding(
-        torch_seed=seed,
-        ops=tuple(run.ops for run in traced),
-        trace_bytes=int(traced[0].summary["bytes"]),
-        divergence=compare_runs(traced),
+    seed_runs = SeedRuns(
+        seed, traced, alerts, slots[0], child_environment(params), held=slots[1], log=log
     )
-    return finding, found
+    found = seed_runs.run()
+    stopped = found is not None and any(child.killed for child in traced)
+    if found is not None:
+        difference, number = found
+        divergence = describe(difference, (traced[0].files, traced[number - 1].files), (1, number))
+        divergence = with_origin(divergence, (traced[0].prefix, traced[number - 1].prefix))
+        ops = tuple(
+            child.summary()["ops"] if child.finished else child.ops_so_far() for child in traced
+        )
+    else:
+        divergence = results_divergence(traced)
+        if divergence is not None:
+            number = divergence.runs[1]
+            divergence = with_origin(divergence, (traced[0].prefix, traced[number - 1].prefix))
+        ops = tuple(int(child.summary()["ops"]) for child in traced)
+    size = sum(os.path.getsize(p) for p in (traced[0].files.ops, traced[0].files.strings))
+    finding = SeedFinding(seed, ops, size, divergence, stopped=stopped)
+    latent_alerts = alerts.summary()["alerts"] if alerts is not None and alerts.finished else None
+    return finding, latent_alerts
 
 
 def pinpoint_seeds(
-    params_path: Path, seeds: Sequence[int], runs: int = 2, latent: bool = True
+    params_path: Path,
+    seeds: Sequence[int],
+    runs: int = 2,
+    latent: bool = True,
+    disagreed: Sequence[int] = (),
+    jobs: int | None = None,
+    log: TextIO | None = None,
 ) -> PinpointReport:
     """Trace each seed in ``runs`` fresh processes and report where they first diverge.
 
@@ -415,15 +153,21 @@ def pinpoint_seeds(
     seeds
         The torch_seeds to trace, one after another; any seed in range, listed or not.
     runs
-        Fresh traced processes per seed, started at once; at least 2.
+        Fresh traced processes per seed; at least 2.
     latent
         Also run the first seed under torch's deterministic mode (warn-only), in one more
         process, and list the ops torch flags.
+    disagreed
+        Seeds whose trials disagreed: where their fresh runs agree, the report is inconclusive.
+    jobs
+        Processes at once (default: what the machine's cores and memory hold); at least 2.
+    log
+        Where progress goes (default: stderr).
 
     Returns
     -------
     PinpointReport
-        ``.lines()`` for a log, ``.record()`` for JSON; ``.diverged`` says whether any seed did.
+        ``.lines()`` for a log, ``.record()`` for JSON; ``.exit_code`` for the command.
 
     Examples
     --------
@@ -437,55 +181,38 @@ def pinpoint_seeds(
         raise DetflowError(
             f"runs {runs!r} is too few: give at least 2 (pinpoint compares fresh runs)"
         )
+    slots = machine_slots()
+    if jobs is not None:
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 2:
+            raise DetflowError(
+                f"jobs {jobs!r} is too few: give at least 2 (pinpoint runs two at once)"
+            )
+        slots = (jobs, f"--jobs {jobs}")
     seeds = check_torch_seeds(list(seeds))
-    findings, found = [], None
-    with tempfile.TemporaryDirectory(prefix="detflow-pinpoint-") as folder:
+    findings, found, note = [], None, "not checked"
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix="detflow-pinpoint-")
+    except OSError as error:
+        raise DetflowError(
+            f"pinpoint could not make its folder in {tempfile.gettempdir()}: "
+            f"{error.strerror or error}: free space there, or point TMPDIR elsewhere"
+        ) from error
+    with scratch as folder:
         for number, seed in enumerate(seeds):
             finding, alerts = pinpoint_seed(
-                params_path, params, seed, runs, Path(folder), latent and number == 0
+                params_path,
+                params,
+                seed,
+                runs,
+                Path(folder),
+                latent and number == 0,
+                slots,
+                log or sys.stderr,
             )
             findings.append(finding)
-            found = alerts if number == 0 else found
-    return PinpointReport(tuple(findings), runs, found)
-
-
-# Which seeds, and the command --------------------------------------------------------------
-
-
-def seeds_to_pinpoint(params: Params, metrics_path: Path) -> tuple[list[int], str]:
-    """metrics.json's disagreeing seeds if it was made from ``params``, else the first seed;
-    and one line that says which, and why."""
-    from detflow.committed import config_digest
-
-    first = params.torch_seeds[0]
-    try:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return [first], f"pinpoint: no {metrics_path}: tracing the first seed, torch_seed {first}"
-    except (OSError, ValueError):
-        why = f"pinpoint: {metrics_path} is unreadable: tracing the first seed, torch_seed {first}"
-        return [first], why
-    if not isinstance(metrics, dict) or metrics.get("config_digest") != config_digest(params):
-        return [first], (
-            f"pinpoint: {metrics_path} was made from other params: tracing the first seed, "
-            f"torch_seed {first}"
-        )
-    text = str(metrics.get("disagreeing_seeds") or "")
-    try:
-        seeds = [int(seed) for seed in text.split(",") if seed.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds:
-        return [first], (
-            f"pinpoint: {metrics_path} says every trial agrees: tracing torch_seed {first} "
-            f"for latent risks"
-        )
-    if len(seeds) > AUTO_SEEDS_MAX:
-        return seeds[:AUTO_SEEDS_MAX], (
-            f"pinpoint: {metrics_path} says {len(seeds)} seeds disagree: tracing the first "
-            f"{AUTO_SEEDS_MAX} (name others with --seed)"
-        )
-    return seeds, f"pinpoint: {metrics_path} says torch_seed {text} disagree"
+            if number == 0 and latent:
+                found, note = alerts, STOPPED_NOTE if alerts is None else note
+    return PinpointReport(tuple(findings), runs, found, note, frozenset(disagreed))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -499,24 +226,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="torch_seed(s) to trace (default: metrics.json's disagreeing seeds)",
     )
     parser.add_argument("--runs", type=int, default=2, help="fresh runs per seed (at least 2)")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="processes at once (default: cores and memory)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report to write")
     parser.add_argument(
         "--metrics", type=Path, default=DEFAULT_METRICS, help="where the disagreeing seeds are"
     )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="compare a run here with the reference trace commit REV carries (e.g. HEAD)",
+    )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="trace one seed here and write pinpoint-reference/ (commit it with the result)",
+    )
     args = parser.parse_args(argv)
+    if args.against or args.record:
+        return against_main(args)
 
     params = load_params(args.params)
     seeds = args.seed
     if not seeds:
         seeds, why = seeds_to_pinpoint(params, args.metrics)
-        print(why)
-    report = pinpoint_seeds(args.params, seeds, args.runs)
+        print(why, flush=True)
+    disagreed = read_verdict(params, args.metrics).disagreeing
+    report = pinpoint_seeds(args.params, seeds, args.runs, disagreed=disagreed, jobs=args.jobs)
     print("\n".join(report.lines()))
+    write_report(args.out, report.record())
+    return report.exit_code
 
+
+def against_main(args: Any) -> int:
+    """``--record`` and ``--against REV`` (``detflow.against``)."""
+    from detflow.against import against, record_reference
+
+    if args.seed and len(args.seed) > 1:
+        listed = " ".join(map(str, args.seed))
+        raise DetflowError(f"--seed {listed}: a reference trace is of one seed: give one")
+    if args.record:
+        params = load_params(args.params)
+        seed = args.seed[0] if args.seed else params.torch_seeds[0]
+        files = record_reference(args.params, seed, Path.cwd())
+        size = sum(path.stat().st_size for path in (files.ops, files.strings, files.summary))
+        print(
+            f"pinpoint: recorded torch_seed {seed}'s reference trace in {files.ops.parent}/ "
+            f"({size:,} bytes): commit it with the result, then `python -m detflow.pinpoint "
+            f"--against HEAD` compares any machine with this one"
+        )
+        return 0
+    report = against(args.against, args.params, args.seed[0] if args.seed else None)
+    print("\n".join(report.lines()))
+    write_report(args.out, report.record())
+    return report.exit_code
+
+
+def write_report(path: Path, record: dict[str, Any]) -> None:
+    """pinpoint.json, strict JSON, through a temporary file."""
     from detflow.artifact import write_text
+    from detflow.report import json_text
 
-    write_text(args.out, json.dumps(report.record(), indent=2) + "\n")
-    return 1 if report.diverged else 0
+    write_text(path, json_text(record))
 
 
 def cli() -> None:

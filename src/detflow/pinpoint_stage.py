@@ -4,20 +4,21 @@ It runs after the aggregate, on the seeds metrics.json says disagree (or, when e
 agreed, on the first seed, for the ops torch flags as non-deterministic), and writes
 pinpoint.json, a DVC metrics file, so `dvc exp show` and `dvc metrics diff` show the op. With
 ``pinpoint: false`` (the default) it writes only that it did not run, and never imports torch.
-A divergence is a finding, not a failure: ``strict: true`` is what fails a pipeline.
+A divergence (``diverged: true``) or an inconclusive run (``diverged: null``: the trials
+disagreed, fresh runs of one seed did not) is a finding, not a failure: ``strict: true`` is
+what fails a pipeline.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from detflow.artifact import write_text
 from detflow.cli import run_main, stage_parser
 from detflow.params import DEFAULT_PARAMS, load_params
-from detflow.pinpoint import pinpoint_seeds, seeds_to_pinpoint
+from detflow.pinpoint import pinpoint_seeds, write_report
+from detflow.pinpoint_metrics import read_verdict, seeds_to_pinpoint
 
 NOT_RUN = "set pinpoint: true in params.yaml to run it, or run `python -m detflow.pinpoint`"
 
@@ -40,10 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         seeds, why = seeds_to_pinpoint(params, args.metrics)
         print(why)
-        report = pinpoint_seeds(args.params, seeds)
+        disagreed = read_verdict(params, args.metrics).disagreeing
+        report = pinpoint_seeds(args.params, seeds, disagreed=disagreed)
         print("\n".join(report.lines()))
         record = {"ran": True, **report.record()}
-    write_text(args.out, json.dumps(record, indent=2) + "\n")
+    write_report(args.out, record)
     return 0
 
 

@@ -1,6 +1,5 @@
 """The trace format: one fixed-size record per aten op, written by ``detflow.trace`` in a
-child process and compared here in lockstep, a chunk of records at a time, so that traces of
-millions of ops need little memory. No torch."""
+child process and compared by ``detflow.pinpoint_compare`` in lockstep. No torch."""
 
 from __future__ import annotations
 
@@ -58,6 +57,16 @@ def trace_files(prefix: Path) -> TraceFiles:
     )
 
 
+def values_path(prefix: Path | str) -> str:
+    """A traced run's per-op output sums (``--values``: one float64 a record), if kept."""
+    return f"{prefix}.values"
+
+
+def ledger_path(prefix: Path | str) -> str:
+    """A traced run's ledger of draws and reads outside torch (``detflow.trace_ledger``)."""
+    return f"{prefix}.ledger"
+
+
 def read_strings(path: Path) -> dict[str, list[str]]:
     """A run's strings by kind, in id order (id n is ``strings[kind][n - 1]``)."""
     strings: dict[str, list[str]] = {kind: [] for kind in STRING_FIELDS}
@@ -92,51 +101,5 @@ class Difference:
     inputs_index: int | None
 
 
-def name_translation(names_first: list[str], names_second: list[str]) -> np.ndarray:
-    """Maps the second run's name ids to the first run's (-1 for a name it never used)."""
-    ids = {name: number for number, name in enumerate(names_first, start=1)}
-    return np.array([0, *(ids.get(name, -1) for name in names_second)], dtype=np.int64)
-
-
 def digests_differ(a: np.ndarray, b: np.ndarray, which: str) -> np.ndarray:
     return (a[f"{which}_lo"] != b[f"{which}_lo"]) | (a[f"{which}_hi"] != b[f"{which}_hi"])
-
-
-def first_difference(
-    first: Path,
-    second: Path,
-    translation: np.ndarray,
-    chunk_records: int = CHUNK_RECORDS,
-) -> Difference | None:
-    """Read two trace files in lockstep, a chunk at a time, and return where they first differ.
-
-    Memory stays at a few chunks whatever the traces' length. ``translation`` maps the second
-    run's name ids to the first's (``name_translation``).
-    """
-    position, inputs_index = 0, None
-    with open(first, "rb") as stream_a, open(second, "rb") as stream_b:
-        while True:
-            a, b = read_chunk(stream_a, chunk_records), read_chunk(stream_b, chunk_records)
-            common = min(len(a), len(b))
-            a_common, b_common = a[:common], b[:common]
-            same_op = translation[b_common["name"]] == a_common["name"]
-            garbage = ((a_common["flags"] | b_common["flags"]) & OUTPUT_UNINITIALISED) != 0
-            outputs_differ = digests_differ(a_common, b_common, "outputs") & ~garbage
-            found = np.flatnonzero(~same_op | outputs_differ)
-            end = found[0] if len(found) else common
-            if inputs_index is None:
-                inputs_differ = np.flatnonzero(
-                    digests_differ(a_common, b_common, "inputs")[: end + 1]
-                )
-                if len(inputs_differ):
-                    inputs_index = position + int(inputs_differ[0])
-            if len(found):
-                kind = "outputs" if same_op[end] else "path"
-                return Difference(position + int(end), kind, a[end], b[end], inputs_index)
-            if len(a) != len(b):
-                rest_a = a[common] if len(a) > common else None
-                rest_b = b[common] if len(b) > common else None
-                return Difference(position + common, "ended", rest_a, rest_b, None)
-            if not common:
-                return None
-            position += common
