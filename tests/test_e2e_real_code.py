@@ -134,3 +134,35 @@ def test_a_queued_experiment_names_a_task_file_git_does_not_track(tmp_path):
         "'mine': tasks/mine.py is not tracked by git: queued and remote experiments only see "
         "committed files; git add it"
     ) in logs
+
+
+def test_a_lightning_trainer_is_deterministic_through_dvc_and_pinpoint(tmp_path):
+    """A Lightning Trainer(deterministic=True) task, seeded by Lightning's own seed_everything
+    (which takes `seed`): deterministic through `dvc repro`, seeds that differ, and pinpoint's
+    fresh runs agree with no false divergence (deep copies of torchmetrics states included)."""
+    pytest.importorskip("pytorch_lightning")
+    repo = make_copy(
+        tmp_path / "project",
+        task="tasks.lightning_task.train",
+        pre_task="pytorch_lightning.seed_everything",
+        torch_seed=[0, 1],
+        trial_id=["a", "b"],
+    )
+    shutil.copy(TESTS / "tasks_mnist.py", repo / "tasks" / "mnist_task.py")
+    source = (TESTS / "tasks_lightning.py").read_text()
+    (repo / "tasks" / "lightning_task.py").write_text(
+        source.replace("from tasks_mnist import", "from tasks.mnist_task import")
+    )
+    dvc(repo, "repro")
+    found = metrics(repo)
+    assert found["deterministic"] is True and found["identical_seeds"] == ""
+    pinpointed = subprocess.run(
+        [sys.executable, "-m", "detflow.pinpoint", "--seed", "0"],
+        cwd=repo,
+        env=environment(),
+        capture_output=True,
+        text=True,
+    )
+    assert pinpointed.returncode == 0, pinpointed.stdout + pinpointed.stderr
+    assert "no divergence" in pinpointed.stdout
+    assert not (repo / "lightning_logs").exists()
