@@ -34,8 +34,8 @@ def plotted_variables(sizes: Mapping[str, int], selected: Any) -> list[str]:
 
     Examples
     --------
-    >>> plotted_variables({"loss": 5, "w": 100, "out": 1}, None)
-    ['loss', 'out', 'w']
+    >>> plotted_variables({"loss": 5, "w": 100, "out": 1}, None)  # the result's own order
+    ['loss', 'w', 'out']
     >>> plotted_variables({"loss": 5, "w": 100}, ["w"])
     ['w']
     """
