@@ -7,7 +7,6 @@ earlier `trial_id` list cannot leak into the result. It never imports torch.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,7 @@ import numpy as np
 from detflow import result_record
 from detflow.cli import DetflowError, run_main, stage_parser
 from detflow.params import DEFAULT_PARAMS, config_digest, load_params
-from detflow.plots import plotted_variables, write_plots
+from detflow.plots import choose_plots, write_plots
 from detflow.report import (
     disagreement_records,
     format_seeds,
@@ -27,7 +26,7 @@ from detflow.report import (
 )
 from detflow.result_record import EVIDENCE_NAME
 from detflow.seed_identity import identical_seed_groups, identical_seeds_line, identical_seeds_text
-from detflow.trial_stack import Stacked, data_variables, open_trial, stack_trials
+from detflow.trial_stack import Stacked, open_trial, stack_trials
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -173,15 +172,6 @@ def result_attrs(
     }
 
 
-def check_plot_selection(trial: Path, selected: Any) -> None:
-    """A bad `plot_variables` fails before the result is replaced, not after."""
-    with open_trial(trial) as nc:
-        names = data_variables(nc)
-        plotted_variables(
-            {name: math.prod(nc.variables[name].shape[1:]) for name in names}, selected
-        )
-
-
 def check_strict(stacked: Stacked, metrics_path: Path) -> None:
     verdict = stacked.verdict
     if not compared(stacked):
@@ -216,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The params that made the trials' numbers, as they recorded them.
     config = provenance.pop("config_digest", None) or "unknown: trials made by an older detflow"
     first_trial = paths[params.trial_ids[0]]
-    check_plot_selection(first_trial, params.values.get("plot_variables"))  # before any write
+    plotted, held = choose_plots(first_trial, params.values.get("plot_variables"))
     identical = identical_seed_groups(first_trial)
     stacked = stack_trials(
         paths,
@@ -225,9 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fixed_params_attrs(records["params"]),
         result_attrs=lambda done: result_attrs(done, params.trial_ids, identical),
     )
-    plotted, held = write_plots(
-        args.out, stacked.verdict, args.plots, params.values.get("plot_variables")
-    )
+    write_plots(args.out, stacked.verdict, args.plots, plotted)
     metrics, evidence = build_reports(stacked, provenance, config, identical)
     evidence_path = args.evidence or args.metrics.with_name(EVIDENCE_NAME)
     write_json(evidence_path, evidence)

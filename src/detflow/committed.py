@@ -210,12 +210,13 @@ def compare_with_head(
     return compare(metrics, committed, changed, committed_exists(path.parent, REFERENCE))
 
 
-def committed_exists(where: Path, relative: str) -> bool:
-    """Does git's HEAD hold ``relative`` (from the repository's root)?"""
+def committed_exists(where: Path | None, relative: str, rev: str = "HEAD") -> bool:
+    """Does git's ``rev`` hold ``relative`` (from the repository's root)? ``where``: a folder
+    in the repository (None: this process's working directory)."""
     try:
         found = subprocess.run(
-            ["git", "cat-file", "-e", f"HEAD:{relative}"],
-            cwd=where if where.is_dir() else None,
+            ["git", "cat-file", "-e", f"{rev}:{relative}"],
+            cwd=where if where is not None and where.is_dir() else None,
             capture_output=True,
             check=False,
         )

@@ -90,15 +90,18 @@ def plot_rows(result: Any, name: str, seeds: Sequence[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plots(
-    result_path: Path, verdict: Verdict, plots_dir: Path, selected: Any = None
-) -> tuple[list[str], int]:
-    """One CSV per plotted variable; the variables plotted, and how many the result holds."""
+def choose_plots(trial_path: Path, selected: Any) -> tuple[list[str], int]:
+    """The variables to plot, from a trial file (so that a bad `plot_variables` fails before
+    the result is replaced), and how many the trials hold."""
+    with open_trial(trial_path) as trial:
+        names = data_variables(trial)
+        sizes = {name: math.prod(trial.variables[name].shape[1:]) for name in names}
+    return plotted_variables(sizes, selected), len(names)
+
+
+def write_plots(result_path: Path, verdict: Verdict, plots_dir: Path, names: Sequence[str]):
+    """One CSV per variable of ``names``."""
     seeds = plot_seeds(verdict)
     with open_trial(result_path) as result:
-        names = data_variables(result)
-        sizes = {name: math.prod(result.variables[name].shape[2:]) for name in names}
-        chosen = plotted_variables(sizes, selected)
-        for name in chosen:
+        for name in names:
             write_text(plots_dir / f"{name}.csv", plot_rows(result, name, seeds))
-    return chosen, len(names)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from detflow.cli import DetflowError, run_main, stage_parser
+from detflow.committed import committed_exists
 from detflow.params import parse_yaml
 
 # What git versions of a run, beside the lock: restored with it so that all describe one run.
@@ -86,7 +87,7 @@ def missing_outputs(rev: str) -> list[str]:
 
 
 def in_git(rev: str, path: str) -> bool:
-    return git("cat-file", "-e", f"{rev}:{path}").returncode == 0
+    return committed_exists(None, path, rev)
 
 
 def restore(rev: str) -> list[str]:
