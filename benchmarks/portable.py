@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from tests.project_copy import make_copy, run_measured
+from tests.project_copy import make_copy, median_seconds, run_measured
 
 PYTHON = sys.executable
 TRAIN = {"task": "detflow.tasks.train", "pre_task": "detflow.seeding.seed_everything"}
@@ -47,9 +46,7 @@ def portable_digest(scratch: Path, name: str, params: dict) -> tuple[str, dict]:
 
 def stage_seconds(scratch: Path, name: str, params: dict, portable: bool, repeats: int) -> float:
     repo = make_copy(scratch / f"{name.replace(' ', '-')}-{portable}", portable=portable, **params)
-    command = f"{PYTHON} -m detflow.trial --out data/trials/a.nc"
-    run_measured(command, repo)  # warm the file cache
-    return statistics.median(run_measured(command, repo)[0] for _ in range(repeats))
+    return median_seconds(f"{PYTHON} -m detflow.trial --out data/trials/a.nc", repo, repeats)
 
 
 def main() -> None:

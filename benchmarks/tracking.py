@@ -11,20 +11,14 @@ folder holding only params.yaml (no dvc.yaml: nothing to check against, nothing 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from tests.project_copy import make_copy, run_measured
+from tests.project_copy import make_copy, median_seconds
 
 PYTHON = sys.executable
 COMMAND = f"{PYTHON} -m detflow.trial --out data/trials/a.nc"
-
-
-def seconds(folder: Path, repeats: int) -> float:
-    run_measured(COMMAND, folder)  # warm the file cache
-    return statistics.median(run_measured(COMMAND, folder)[0] for _ in range(repeats))
 
 
 def main() -> None:
@@ -39,7 +33,10 @@ def main() -> None:
             plain = Path(scratch) / f"plain-{seeds}"
             plain.mkdir()
             (plain / "params.yaml").write_bytes((guarded / "params.yaml").read_bytes())
-            watched, bare = seconds(guarded, args.repeats), seconds(plain, args.repeats)
+            watched, bare = (
+                median_seconds(COMMAND, guarded, args.repeats),
+                median_seconds(COMMAND, plain, args.repeats),
+            )
             print(f"| {seeds} seeds | {watched:.2f} s | {bare:.2f} s | {watched / bare:.3f} |")
 
 

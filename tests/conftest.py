@@ -19,6 +19,9 @@ from dvc_project import baseline, repo  # noqa: F401  (fixtures for the e2e test
 from how_to import how_to_params
 from slurm_cluster import slurm  # noqa: F401  (fixture for the submitit_slurm test)
 
+# children_find_test_tasks and params_for, for the pinpoint tests.
+pytest_plugins = ["pinpoint_fixtures"]
+
 
 @pytest.fixture
 def project_params() -> dict:

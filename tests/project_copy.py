@@ -103,6 +103,15 @@ def stage_commands(folder: Path) -> dict[str, str]:
     return commands
 
 
+def median_seconds(command: str, folder: Path, repeats: int) -> float:
+    """Median wall seconds of ``command`` over ``repeats`` runs, after one that warms the file
+    cache (the benchmarks' timing)."""
+    import statistics
+
+    run_measured(command, folder)
+    return statistics.median(run_measured(command, folder)[0] for _ in range(repeats))
+
+
 def run_measured(command: str, folder: Path) -> tuple[float, float]:
     """Wall seconds and peak RSS in MiB of one command (and the children it waits for)."""
     import time

@@ -7,7 +7,6 @@ alerts pass ``latent=False`` to start one process fewer.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,6 +20,9 @@ from detflow.committed import config_digest
 from detflow.params import parse_params
 from detflow.pinpoint import main, pinpoint_seeds
 from detflow.pinpoint_metrics import seeds_to_pinpoint
+from pinpoint_fixtures import pinpoint_children
+
+pytestmark = pinpoint_children
 
 TESTS = Path(__file__).parent
 TASKS_FILE = TESTS / "tasks_for_pinpoint.py"
@@ -35,23 +37,6 @@ def lines_of(tag: str) -> list[int]:
 def line_of(tag: str) -> int:
     (line,) = lines_of(tag)
     return line
-
-
-@pytest.fixture(autouse=True)
-def children_find_test_tasks(monkeypatch):
-    """The traced runs are fresh processes: they import tasks_for_pinpoint through PYTHONPATH."""
-    paths = [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
-
-
-@pytest.fixture
-def params_for(project_params, write_params):
-    """params.yaml for one seed of a task, written to tmp_path."""
-
-    def write(**changes) -> Path:
-        return write_params({**project_params, "torch_seed": [0], **changes})
-
-    return write
 
 
 def divergence_of(params_path: Path, seed: int = 0, latent: bool = False):

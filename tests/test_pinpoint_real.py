@@ -7,7 +7,6 @@ Each pinpoint starts fresh processes (about 2 s each, for torch's import).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,23 +15,11 @@ from detflow.committed import config_digest
 from detflow.params import load_params
 from detflow.pinpoint import main, pinpoint_seeds
 from detflow.pinpoint_report import EXIT_INCONCLUSIVE
+from pinpoint_fixtures import pinpoint_children
+
+pytestmark = pinpoint_children
 
 TESTS = Path(__file__).parent
-
-
-@pytest.fixture(autouse=True)
-def children_find_test_tasks(monkeypatch):
-    """The traced runs are fresh processes: they import tasks_for_pinpoint through PYTHONPATH."""
-    paths = [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
-
-
-@pytest.fixture
-def params_for(project_params, write_params):
-    def write(**changes) -> Path:
-        return write_params({**project_params, "torch_seed": [0], **changes})
-
-    return write
 
 
 def test_deep_copies_of_a_tensor_and_a_module_agree(params_for):

@@ -17,22 +17,11 @@ from detflow import pinpoint, pinpoint_runs
 from detflow.cli import DetflowError
 from detflow.pinpoint import pinpoint_seeds
 from detflow.pinpoint_runs import SeedRuns, machine_slots
+from pinpoint_fixtures import pinpoint_children
+
+pytestmark = pinpoint_children
 
 TESTS = Path(__file__).parent
-
-
-@pytest.fixture(autouse=True)
-def children_find_test_tasks(monkeypatch):
-    paths = [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
-
-
-@pytest.fixture
-def params_for(project_params, write_params):
-    def write(**changes) -> Path:
-        return write_params({**project_params, "torch_seed": [0], **changes})
-
-    return write
 
 
 # Failures ----------------------------------------------------------------------------------

@@ -37,7 +37,17 @@ EXTRAS = {
 # Set by the trial stage's guard while it watches: launcher jobs then watch what their task
 # touches too, and report it with their outputs (a job in another process is out of sight).
 WATCH_ROOT: Path | None = None
-JOBS_OBSERVED: dict[str, Any] = {"read": set(), "written": set(), "env": {}, "modules": {}}
+JOBS_OBSERVED: dict[str, Any] = {}
+
+
+def watch_jobs(root: Path | None) -> dict[str, Any]:
+    """Start (``root``) or stop (None) watching launcher jobs; what jobs reported since the
+    last start. Each stage run starts afresh, so one run never sees another's jobs."""
+    global WATCH_ROOT, JOBS_OBSERVED
+    seen = JOBS_OBSERVED
+    WATCH_ROOT = root
+    JOBS_OBSERVED = {"read": set(), "written": set(), "env": {}, "modules": {}} if root else {}
+    return seen
 
 
 # A stage shorter than this shows no progress; a longer one updates at most once a second, so
@@ -253,6 +263,8 @@ def collect_returns(
 
 def note_job_inputs(seen: dict[str, Any]) -> None:
     """What a job's task touched, for the stage's guard to check with its own."""
+    if not JOBS_OBSERVED:
+        return  # no stage is watching
     JOBS_OBSERVED["read"].update(seen.get("read", ()))
     JOBS_OBSERVED["written"].update(seen.get("written", ()))
     for name, where in seen.get("env", {}).items():

@@ -72,14 +72,13 @@ class StageGuard:
             return
         from detflow import executor
 
-        executor.WATCH_ROOT = self.root
+        executor.watch_jobs(self.root)
         try:
             with watching(self.root, skip=(self.engine,)) as observed:
                 yield
         finally:
-            executor.WATCH_ROOT = None
-        # What launcher jobs in other processes touched, beside what this process saw.
-        jobs = executor.JOBS_OBSERVED
+            # What launcher jobs in other processes touched, beside what this process saw.
+            jobs = executor.watch_jobs(None)
         observed.read |= jobs["read"]
         observed.written |= jobs["written"]
         for name, where in jobs["env"].items():
